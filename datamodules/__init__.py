@@ -1,0 +1,31 @@
+"""One LightningDataModule per dataset, all yielding the batch dict of ``base.py``.
+
+``DATAMODULES`` maps a dataset name used in configs and on the command line to its class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datamodules.base import PairedDataModule, TensorBatchLoader
+from datamodules.synthetic import SyntheticDataModule
+
+DATAMODULES: dict[str, type[PairedDataModule]] = {"synthetic": SyntheticDataModule}
+
+
+def build_datamodule(name: str, **overrides: Any) -> PairedDataModule:
+    """Build the datamodule registered as ``name`` with ``overrides`` as arguments."""
+    try:
+        cls = DATAMODULES[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; registered: {sorted(DATAMODULES)}") from None
+    return cls(**overrides)
+
+
+__all__ = [
+    "DATAMODULES",
+    "PairedDataModule",
+    "SyntheticDataModule",
+    "TensorBatchLoader",
+    "build_datamodule",
+]

@@ -1,0 +1,223 @@
+"""``PairedDataModule``: the batch-dict contract and the on-device tensor fast path.
+
+Every datamodule of the suite yields dicts with ``xa`` (teacher modality), ``xb`` (student
+modality), ``y`` (labels) and ``index`` (the sample's position in its split, for CRD's memory
+bank and for the masks). Dense tasks add ``valid``.
+
+Small datasets implement :meth:`PairedDataModule.build_split_tensors`; their splits then live
+as tensors on the training device and batches are cut by index slicing, with no DataLoader
+and no worker processes (for a 50-feature MLP, a DataLoader costs more than the step).
+Larger datasets implement :meth:`PairedDataModule.build_datasets` instead and get ordinary
+DataLoaders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = ("xa", "xb", "y")
+
+
+class _EpochSeed:
+    """Receives ``set_epoch`` from Lightning's fit loop (it looks for ``loader.sampler``)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class TensorBatchLoader:
+    """Batches of a dict of same-length tensors, cut by index slicing.
+
+    Shuffling draws a fresh permutation per epoch from ``seed + epoch`` (so a run resumed at
+    epoch e sees the same order as an uninterrupted one). Under data parallelism each rank takes
+    every ``world_size``-th index of the permutation, padded by wrap-around to equal length,
+    as ``DistributedSampler`` does.
+    """
+
+    def __init__(
+        self,
+        tensors: dict[str, Tensor],
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        lengths = {len(v) for v in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"all tensors of a split need the same length, got {lengths}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tensors = tensors
+        self.num_samples = lengths.pop()
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.sampler = _EpochSeed()
+        self.batch_sampler = None  # Lightning inspects loaders for both attributes
+
+    @property
+    def _per_rank(self) -> int:
+        return math.ceil(self.num_samples / self.world_size)
+
+    def __len__(self) -> int:
+        n = self._per_rank
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def _order(self) -> Tensor:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.sampler.epoch)
+            order = torch.randperm(self.num_samples, generator=gen)
+        else:
+            order = torch.arange(self.num_samples)
+        if self.world_size > 1:
+            padded = self._per_rank * self.world_size
+            order = order.repeat(math.ceil(padded / self.num_samples))[:padded]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        device = next(iter(self.tensors.values())).device
+        order = self._order().to(device)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield {k: v[idx] for k, v in self.tensors.items()}
+
+
+def check_split(split: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Validate a split against the batch contract and add ``index``."""
+    missing = [k for k in REQUIRED_KEYS if k not in tensors]
+    if missing:
+        raise ValueError(f"split {split!r} lacks the batch keys {missing}")
+    n = len(tensors["y"])
+    bad = {k: len(v) for k, v in tensors.items() if len(v) != n}
+    if bad:
+        raise ValueError(f"split {split!r}: lengths differ from len(y) = {n}: {bad}")
+    if tensors["y"].dtype != torch.long:
+        raise ValueError(f"split {split!r}: y must be int64, got {tensors['y'].dtype}")
+    return {**tensors, "index": torch.arange(n)}
+
+
+class PairedDataModule(L.LightningDataModule):
+    """Base of every datamodule: owns the batch contract, splits and loaders.
+
+    Subclasses set ``num_classes`` (in ``__init__`` or as a class attribute) and ``task``, and
+    implement either :meth:`build_split_tensors` (small data, tensor fast path) or
+    :meth:`build_datasets` (file-backed data, DataLoaders).
+    """
+
+    task: ClassVar[str] = "classification"
+    num_classes: int
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
+        self.seed = seed
+        self.num_workers = num_workers
+        self._tensors: dict[str, dict[str, Tensor]] | None = None
+        self._datasets: dict[str, Dataset] | None = None
+
+    # --- what subclasses provide -------------------------------------------------------
+    def build_split_tensors(self) -> dict[str, dict[str, Tensor]]:
+        """Return ``{split: {"xa", "xb", "y", ...}}`` for in-memory datasets."""
+        raise NotImplementedError
+
+    def build_datasets(self) -> dict[str, Dataset]:
+        """Return ``{split: Dataset}`` whose items are dicts of the batch contract."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_available(cls, root: str | None = None) -> bool:
+        """Whether the files this datamodule reads are present (synthetic data: always)."""
+        return True
+
+    # --- Lightning hooks ---------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._tensors is not None or self._datasets is not None:
+            return
+        try:
+            built = self.build_split_tensors()
+        except NotImplementedError:
+            self._datasets = self.build_datasets()
+            return
+        self._tensors = {s: check_split(s, t) for s, t in built.items()}
+
+    def train_dataloader(self) -> Any:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> Any:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    # --- helpers -----------------------------------------------------------------------
+    @property
+    def uses_tensor_path(self) -> bool:
+        self.setup()
+        return self._tensors is not None
+
+    def split_tensors(self, split: str) -> dict[str, Tensor]:
+        """The whole of a split as tensors (tensor fast path only)."""
+        self.setup()
+        if self._tensors is None:
+            raise RuntimeError(f"{type(self).__name__} is file-backed; it has no split tensors")
+        if split not in self._tensors:
+            raise KeyError(f"{type(self).__name__} has no split {split!r}")
+        return self._tensors[split]
+
+    def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of one ``xa`` and one ``xb`` sample, to size the networks."""
+        self.setup()
+        if self._tensors is not None:
+            first = self._tensors["train"]
+            return tuple(first["xa"].shape[1:]), tuple(first["xb"].shape[1:])
+        item = self._datasets["train"][0]
+        return tuple(item["xa"].shape), tuple(item["xb"].shape)
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> Any:
+        self.setup()
+        trainer = getattr(self, "trainer", None)
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
+        if self._tensors is not None:
+            device = self._device()
+            tensors = {k: v.to(device) for k, v in self.split_tensors(split).items()}
+            return TensorBatchLoader(
+                tensors, batch_size, shuffle=shuffle, seed=self.seed, rank=rank, world_size=world
+            )
+        return DataLoader(
+            self._datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,187 @@
+"""Target / non-target decomposition of the divergence between two softmax outputs.
+
+With ``p = softmax(z / T)`` and target class ``k`` (paper Sec. III-C, Eqs. 5-6, 17-20):
+
+* the *target* distribution is the binary ``b = [p_k, 1 - p_k]``;
+* the *non-target* distribution is ``p_hat_i = p_i / (1 - p_k)`` for ``i != k``, which is a
+  softmax over the logits with the target removed.
+
+``TCKL = KL(b_t || b_s)`` and ``NCKL = KL(p_hat_t || p_hat_s)`` satisfy the exact identity
+(Eq. 17, read as in ``shared/DESIGN.md``)::
+
+    KL(p_t || p_s) = TCKL + (1 - p_t,k) * NCKL
+
+``TCJSD`` and ``NCJSD`` are the Jensen-Shannon divergences of the same pairs, in nats, so each
+lies in ``[0, ln 2]``.
+
+Everything is computed from log-softmax and masked log-sum-exp, never ``log(p + eps)``: the
+functions stay finite, with finite gradients, for logits as large as 1e3 and for target
+probabilities that round to exactly 0 or 1 in floating point. Inputs of half precision are
+computed in float32. All functions return per-sample values of shape ``(N,)``; reductions are
+the caller's. Dense outputs ``(B, C, H, W)`` are flattened to ``(N, C)`` by the caller, see
+:func:`flatten_dense`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "decoupled_jsd",
+    "decoupled_kl",
+    "dense_keep_mask",
+    "divergence_report",
+    "flatten_dense",
+    "jsd",
+    "kl",
+    "nontarget_mass",
+]
+
+_LN2 = math.log(2.0)
+
+
+def _scaled_log_softmax(logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
+    """Return ``(z / T, log_softmax(z / T))`` in at least float32."""
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"need at least 2 classes, got C = {logits.shape[1]}")
+    if T <= 0:
+        raise ValueError(f"temperature must be positive, got T = {T}")
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    z = z / T
+    return z, torch.log_softmax(z, dim=1)
+
+
+def _kl_from_logs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``sum_i p_i (log p_i - log q_i)`` along dim 1 for finite log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def _jsd_from_logs(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Jensen-Shannon divergence along dim 1; ``log m = logaddexp(log p, log q) - ln 2``.
+
+    The expression is symmetric in ``p`` and ``q`` operation by operation, so swapping the
+    arguments gives bit-identical results.
+    """
+    log_m = torch.logaddexp(log_p, log_q) - _LN2
+    return 0.5 * (_kl_from_logs(log_p, log_m) + _kl_from_logs(log_q, log_m))
+
+
+def _decompose(logits: Tensor, target: Tensor, T: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Split one model's output into target and non-target log-distributions.
+
+    Returns ``(log_b, log_p_hat, nontarget_mask)``: ``log_b`` is ``(N, 2)`` with
+    ``[log p_k, log(1 - p_k)]``; ``log_p_hat`` is ``(N, C)`` holding ``log p_hat_i`` at the
+    non-target positions and 0 at the target position (a finite placeholder that the mask
+    removes, so that neither ``-inf - -inf`` nor an overflowing ``exp`` ever appears, also in
+    the backward pass); ``nontarget_mask`` is ``(N, C)``
+    with 1 at the non-target positions.
+    """
+    z, log_p = _scaled_log_softmax(logits, T)
+    if target.shape != (z.shape[0],):
+        raise ValueError(
+            f"target must have shape ({z.shape[0]},) to match logits, got {tuple(target.shape)}"
+        )
+    target = target.long().unsqueeze(1)
+    is_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, target, True)
+    log_z_all = torch.logsumexp(z, dim=1, keepdim=True)
+    log_z_non = torch.logsumexp(z.masked_fill(is_target, float("-inf")), dim=1, keepdim=True)
+    log_pk = log_p.gather(1, target)
+    log_not_pk = log_z_non - log_z_all  # log(1 - p_k), exact even when p_k rounds to 1
+    log_b = torch.cat([log_pk, log_not_pk], dim=1)
+    log_p_hat = (z - log_z_non).masked_fill(is_target, 0.0)
+    return log_b, log_p_hat, (~is_target).to(z.dtype)
+
+
+def _masked_kl(log_p: Tensor, log_q: Tensor, mask: Tensor) -> Tensor:
+    return (mask * log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def _masked_jsd(log_p: Tensor, log_q: Tensor, mask: Tensor) -> Tensor:
+    log_m = torch.logaddexp(log_p, log_q) - _LN2
+    return 0.5 * (_masked_kl(log_p, log_m, mask) + _masked_kl(log_q, log_m, mask))
+
+
+def kl(logits_t: Tensor, logits_s: Tensor, T: float = 1.0) -> Tensor:
+    """Per-sample ``KL(p_t || p_s)`` with ``p = softmax(logits / T)``; shape ``(N,)``."""
+    _, log_pt = _scaled_log_softmax(logits_t, T)
+    _, log_ps = _scaled_log_softmax(logits_s, T)
+    return _kl_from_logs(log_pt, log_ps)
+
+
+def jsd(logits_t: Tensor, logits_s: Tensor, T: float = 1.0) -> Tensor:
+    """Per-sample Jensen-Shannon divergence of the full distributions, in nats."""
+    _, log_pt = _scaled_log_softmax(logits_t, T)
+    _, log_ps = _scaled_log_softmax(logits_s, T)
+    return _jsd_from_logs(log_pt, log_ps)
+
+
+def decoupled_kl(
+    logits_t: Tensor, logits_s: Tensor, target: Tensor, T: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(TCKL, NCKL)`` (Eqs. 19-20), teacher first as in ``KL(p_t || p_s)``.
+
+    ``TCKL = KL([p_t,k, 1 - p_t,k] || [p_s,k, 1 - p_s,k])`` and
+    ``NCKL = sum_{i != k} p_hat_t,i log(p_hat_t,i / p_hat_s,i)``; for ``C = 2`` the
+    non-target distribution has one class and NCKL is exactly 0.
+    """
+    log_bt, log_ht, mask = _decompose(logits_t, target, T)
+    log_bs, log_hs, _ = _decompose(logits_s, target, T)
+    return _kl_from_logs(log_bt, log_bs), _masked_kl(log_ht, log_hs, mask)
+
+
+def decoupled_jsd(
+    logits_t: Tensor, logits_s: Tensor, target: Tensor, T: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(TCJSD, NCJSD)`` (Eqs. 5-6), Jensen-Shannon in nats, each in ``[0, ln 2]``."""
+    log_bt, log_ht, mask = _decompose(logits_t, target, T)
+    log_bs, log_hs, _ = _decompose(logits_s, target, T)
+    return _jsd_from_logs(log_bt, log_bs), _masked_jsd(log_ht, log_hs, mask)
+
+
+def nontarget_mass(logits: Tensor, target: Tensor, T: float = 1.0) -> Tensor:
+    """Per-sample ``1 - p_k``, the weight of NCKL in Eq. 17, computed without cancellation."""
+    log_b, _, _ = _decompose(logits, target, T)
+    return log_b[:, 1].exp()
+
+
+def divergence_report(
+    logits_t: Tensor, logits_s: Tensor, target: Tensor, T: float = 1.0
+) -> dict[str, Tensor]:
+    """All per-sample divergences the suite monitors: kl, tckl, nckl, tcjsd, ncjsd."""
+    tckl, nckl = decoupled_kl(logits_t, logits_s, target, T)
+    tcjsd, ncjsd = decoupled_jsd(logits_t, logits_s, target, T)
+    return {
+        "kl": kl(logits_t, logits_s, T),
+        "tckl": tckl,
+        "nckl": nckl,
+        "tcjsd": tcjsd,
+        "ncjsd": ncjsd,
+    }
+
+
+def dense_keep_mask(target: Tensor, valid: Tensor | None, ignore_index: int = 255) -> Tensor:
+    """``(B, H, W)`` bool: pixels that are labelled and, when ``valid`` is given, valid."""
+    keep = target != ignore_index
+    return keep if valid is None else keep & valid.bool()
+
+
+def flatten_dense(
+    logits: Tensor, target: Tensor, valid: Tensor | None = None, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Flatten dense ``(B, C, H, W)`` logits and ``(B, H, W)`` labels to the kept pixels.
+
+    A pixel is kept where ``valid`` is true (when given) and its label is not
+    ``ignore_index``. Returns ``(logits[N, C], target[N])``.
+    """
+    if logits.dim() != 4 or target.dim() != 3:
+        raise ValueError(
+            "dense outputs need logits (B, C, H, W) and target (B, H, W), got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    keep = dense_keep_mask(target, valid, ignore_index)
+    return logits.permute(0, 2, 3, 1)[keep], target[keep]

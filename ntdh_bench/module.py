@@ -1,0 +1,280 @@
+"""LightningModules: ``CrossModalKD`` (frozen teacher, student, distiller) and ``UnimodalModule``.
+
+``CrossModalKD`` trains the student on ``xb`` with (paper Eq. 4)::
+
+    loss = (1 - lam) * CE(student) + lam * sum(distiller(student_out, teacher_out, batch))
+
+The teacher is frozen: ``requires_grad_(False)``, excluded from the optimizer, run under
+``no_grad`` and kept in eval mode through Lightning's ``train()`` calls. With no distiller the
+same module trains the no-KD student baseline, still measuring its divergences to the teacher.
+Validation and test log accuracy (classification) or mIoU (dense) through torchmetrics, and
+the per-sample divergences of :mod:`ntdh_bench.divergence` (kl, tckl, nckl, tcjsd, ncjsd, at
+temperature ``monitor_T``) averaged over the epoch.
+
+When the datamodule keeps its splits as tensors, the teacher's outputs on every split are
+computed once at the start and served by ``index`` (``cache_teacher``): the inputs are not
+augmented, so recomputing them each epoch would only repeat work.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from models.base import ModelOutput
+from ntdh_bench.distillers.base import Distiller, paired_logits
+from ntdh_bench.divergence import divergence_report
+
+DIVERGENCES = ("kl", "tckl", "nckl", "tcjsd", "ncjsd")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+IGNORE_INDEX = 255
+
+
+METRIC_NAMES = {"classification": "acc", "dense": "miou"}
+
+
+def _task_metric(task: str, num_classes: int) -> Metric:
+    if task == "classification":
+        return MulticlassAccuracy(num_classes=num_classes, average="micro")
+    return MulticlassJaccardIndex(
+        num_classes=num_classes, ignore_index=IGNORE_INDEX, average="macro"
+    )
+
+
+def _labels(batch: dict[str, Tensor]) -> Tensor:
+    """Labels with pixels outside ``valid`` set to the ignore index (dense tasks)."""
+    y = batch["y"]
+    valid = batch.get("valid")
+    return y if valid is None else y.masked_fill(~valid.bool(), IGNORE_INDEX)
+
+
+class _SupervisedBase(L.LightningModule):
+    """Shared by both modules: the task metric per stage, cross-entropy, the optimizer."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        task: str,
+        lr: float,
+        weight_decay: float,
+        optimizer: str,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if task not in METRIC_NAMES:
+            raise ValueError(f"task must be one of {sorted(METRIC_NAMES)}, got {task!r}")
+        self.num_classes = num_classes
+        self.task = task
+        self.metric_name = METRIC_NAMES[task]
+        self.stage_metrics = nn.ModuleDict(
+            {stage: _task_metric(task, num_classes) for stage in ("val", "test")}
+        )
+
+    def _cross_entropy(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        return F.cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
+
+    def _log_task_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
+        metric = self.stage_metrics[stage]
+        metric.update(logits, _labels(batch))
+        self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        hp = self.hparams
+        params = self.trainable_parameters()
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+class UnimodalModule(_SupervisedBase):
+    """One network trained with cross-entropy on one modality.
+
+    Trains the teachers (``modality="xa"``) and measures each modality's strength alone
+    (Table I).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        modality: str = "xa",
+        task: str = "classification",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+    ) -> None:
+        super().__init__(num_classes, task, lr, weight_decay, optimizer)
+        if modality not in ("xa", "xb"):
+            raise ValueError(f"modality must be 'xa' or 'xb', got {modality!r}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.modality = modality
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.model(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self._cross_entropy(self.model(batch[self.modality]).logits, batch)
+        self.log("train/ce", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_task_metric("val", self.model(batch[self.modality]).logits, batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._log_task_metric("test", self.model(batch[self.modality]).logits, batch)
+
+
+class CrossModalKD(_SupervisedBase):
+    """Cross-modal KD: a frozen teacher on ``xa`` distils into a student on ``xb``."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        distiller: Distiller | None,
+        num_classes: int,
+        lam: float = 0.5,
+        task: str = "classification",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        monitor_T: float = 1.0,
+        cache_teacher: bool = True,
+    ) -> None:
+        super().__init__(num_classes, task, lr, weight_decay, optimizer)
+        if distiller is not None and teacher is None:
+            raise ValueError("a distiller needs a teacher")
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        if distiller is not None and distiller.task != task:
+            raise ValueError(
+                f"distiller {distiller.name!r} was built for {distiller.task!r}, the module "
+                f"trains a {task!r} task"
+            )
+        self.save_hyperparameters(ignore=["student", "teacher", "distiller"])
+        self.student = student
+        self.teacher = teacher
+        self.distiller = distiller
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.divergence_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict({name: MeanMetric() for name in DIVERGENCES})
+                for stage in ("val", "test")
+            }
+        )
+        self._teacher_cache: dict[str, ModelOutput] = {}
+
+    # --- the teacher -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> CrossModalKD:
+        """Lightning calls ``train()`` every epoch; the teacher must stay in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def teacher_input(self, batch: dict[str, Tensor]) -> Tensor:
+        """What the teacher sees; feature masks override this."""
+        return batch["xa"]
+
+    @torch.no_grad()
+    def _run_teacher(self, xa: Tensor) -> ModelOutput:
+        return self.teacher(xa).detach()
+
+    def teacher_output(self, batch: dict[str, Tensor], split: str) -> ModelOutput:
+        """The teacher's output for a batch: from the cache when there is one."""
+        cached = self._teacher_cache.get(split)
+        if cached is not None:
+            return cached.index_select(batch["index"])
+        return self._run_teacher(self.teacher_input(batch))
+
+    def _fill_teacher_cache(self) -> None:
+        self._teacher_cache = {}
+        dm = getattr(self.trainer, "datamodule", None)
+        if not self.hparams.cache_teacher or self.teacher is None:
+            return
+        if dm is None or not getattr(dm, "uses_tensor_path", False):
+            return
+        for split in ("train", "val", "test"):
+            try:
+                tensors = dm.split_tensors(split)
+            except KeyError:
+                continue
+            chunks = []
+            for start in range(0, len(tensors["y"]), 4096):
+                part = {k: v[start : start + 4096].to(self.device) for k, v in tensors.items()}
+                chunks.append(self._run_teacher(self.teacher_input(part)))
+            self._teacher_cache[split] = ModelOutput(
+                logits=torch.cat([c.logits for c in chunks]),
+                features=[torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)],
+                embedding=None
+                if chunks[0].embedding is None
+                else torch.cat([c.embedding for c in chunks]),
+            )
+
+    def on_fit_start(self) -> None:
+        self._fill_teacher_cache()
+
+    def on_test_start(self) -> None:
+        if not self._teacher_cache:
+            self._fill_teacher_cache()
+
+    def on_validation_start(self) -> None:
+        if not self._teacher_cache:
+            self._fill_teacher_cache()
+
+    # --- training ----------------------------------------------------------------------
+    def forward(self, x: Tensor) -> ModelOutput:
+        return self.student(x)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Student and distiller parameters; never the teacher's."""
+        params = list(self.student.parameters())
+        if self.distiller is not None:
+            params += list(self.distiller.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        student_out = self.student(batch["xb"])
+        ce = self._cross_entropy(student_out.logits, batch)
+        self.log("train/ce", ce, on_step=False, on_epoch=True)
+        if self.distiller is None:
+            return ce
+        terms = self.distiller(student_out, self.teacher_output(batch, "train"), batch)
+        distill = torch.stack(list(terms.values())).sum()
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+        lam = self.hparams.lam
+        loss = (1.0 - lam) * ce + lam * distill
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    # --- evaluation --------------------------------------------------------------------
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        student_out = self.student(batch["xb"])
+        self._log_task_metric(stage, student_out.logits, batch)
+        if self.teacher is None:
+            return
+        teacher_out = self.teacher_output(batch, stage)
+        logits_s, logits_t, target, _ = paired_logits(student_out, teacher_out, batch)
+        values = divergence_report(logits_t, logits_s, target, self.hparams.monitor_T)
+        for name, metric in self.divergence_metrics[stage].items():
+            metric.update(values[name])
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
