@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from ntdh_bench.results import ResultStore, config_hash, make_record
+from datamodules import build_datamodule
+from ntdh_bench.results import ResultStore, canonical_json, config_hash, make_record
 from ntdh_bench.runner import (
     RunEnv,
     RunResult,
@@ -178,8 +179,7 @@ class Experiment(ABC):
     ) -> list[dict[str, Any]]:
         """Run what is not done yet, then report; return the grid's finished records."""
         specs = self.specs()
-        for spec in specs:
-            validate_config(spec.config)
+        self._validate(specs)
         ids = [s.run_id for s in specs]
         latest = self.store.latest()
         skip = {"done"} if self.args.retry_failed else {"done", "failed"}
@@ -205,6 +205,22 @@ class Experiment(ABC):
         else:
             print("no finished runs to report yet")
         return records
+
+    @staticmethod
+    def _validate(specs: Sequence[RunSpec]) -> None:
+        """Fail before any run starts: malformed configs, bad dataset arguments, missing files.
+
+        Constructing a datamodule checks its arguments and files without loading data.
+        """
+        seen: set[str] = set()
+        for spec in specs:
+            validate_config(spec.config)
+            dataset = spec.config["dataset"]
+            key = canonical_json(dataset)
+            if key not in seen:
+                seen.add(key)
+                args = {k: v for k, v in dataset.items() if k != "name"}
+                build_datamodule(dataset["name"], **args)
 
     def _execute(
         self,

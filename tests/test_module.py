@@ -1,0 +1,146 @@
+"""CrossModalKD and UnimodalModule: the frozen teacher, the loss, metrics and divergence logs."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from models import build_model
+from ntdh_bench.distillers import build_distiller
+from ntdh_bench.module import DIVERGENCES, CrossModalKD, UnimodalModule
+from ntdh_bench.training import quiet_lightning
+
+
+def _nets(seed: int = 0):
+    L.seed_everything(seed, verbose=False)
+    return build_model("mlp", (50,), 4), build_model("mlp", (50,), 4)
+
+
+@pytest.mark.parametrize("cache_teacher", [True, False])
+def test_teacher_weights_are_bit_identical_after_training_and_it_stays_in_eval(
+    tiny_synthetic, lean_trainer, cache_teacher
+):
+    teacher, student = _nets()
+    teacher.train()  # the module must put it in eval itself
+    before = copy.deepcopy(teacher.state_dict())
+    student_before = copy.deepcopy(student.state_dict())
+    module = CrossModalKD(
+        student, teacher, build_distiller("kd"), 4, lam=0.9, cache_teacher=cache_teacher
+    )
+    modes = []
+
+    class RecordTeacherMode(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(pl_module.teacher.training)
+
+    with quiet_lightning():
+        lean_trainer(max_epochs=2, callbacks=[RecordTeacherMode()]).fit(module, tiny_synthetic)
+    assert modes and not any(modes)
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    changed = any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+    assert changed, "the student did not train"
+
+
+def test_optimizer_holds_student_and_distiller_parameters_only():
+    teacher, student = _nets()
+    module = CrossModalKD(student, teacher, build_distiller("kd"), 4)
+    optimised = {
+        id(p) for group in module.configure_optimizers().param_groups for p in group["params"]
+    }
+    assert optimised == {id(p) for p in student.parameters()}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+
+
+def test_loss_is_convex_combination_of_ce_and_distillation(tiny_synthetic):
+    teacher, student = _nets()
+    tiny_synthetic.setup()
+    batch = next(iter(tiny_synthetic.train_dataloader()))
+    module = CrossModalKD(
+        student, teacher, build_distiller("kd", T=2.0), 4, lam=0.3, cache_teacher=False
+    )
+    module.log = lambda *a, **k: None  # outside a Trainer
+    loss = module.training_step(batch, 0)
+    logits_s, logits_t = student(batch["xb"]).logits, teacher(batch["xa"]).logits
+    ce = torch.nn.functional.cross_entropy(logits_s, batch["y"])
+    kd = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(logits_s / 2, 1),
+            torch.log_softmax(logits_t / 2, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * 4
+    )
+    torch.testing.assert_close(loss, 0.7 * ce + 0.3 * kd)
+
+
+def test_divergences_and_accuracy_reach_tensorboard_every_validation_epoch(
+    tiny_synthetic, lean_trainer, tmp_path
+):
+    teacher, student = _nets()
+    module = CrossModalKD(student, teacher, build_distiller("decoupled", beta=2.0), 4)
+    trainer = lean_trainer(max_epochs=3, log=True)
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for name in (*DIVERGENCES, "acc"):
+        assert f"val/{name}" in tags, name
+        assert len(events.Scalars(f"val/{name}")) == 3  # one point per epoch
+    assert {"train/tckl", "train/nckl", "train/ce", "train/loss"} <= tags
+
+
+def test_no_kd_baseline_trains_on_cross_entropy_and_still_measures_divergence(
+    tiny_synthetic, lean_trainer
+):
+    teacher, student = _nets()
+    module = CrossModalKD(student, teacher, None, 4, lam=0.0)
+    trainer = lean_trainer(max_epochs=2)
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+        metrics = trainer.test(module, tiny_synthetic, verbose=False)[0]
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert metrics["test/ncjsd"] > 0 and metrics["test/tcjsd"] > 0
+
+
+def test_cached_and_recomputed_teacher_outputs_give_the_same_metrics(tiny_synthetic, lean_trainer):
+    results = []
+    for cache in (True, False):
+        teacher, student = _nets(seed=3)
+        module = CrossModalKD(student, teacher, build_distiller("kd"), 4, cache_teacher=cache)
+        L.seed_everything(3, verbose=False)
+        trainer = lean_trainer(max_epochs=2)
+        with quiet_lightning():
+            trainer.fit(module, tiny_synthetic)
+            results.append(trainer.test(module, tiny_synthetic, verbose=False)[0])
+    for key in results[0]:
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
+
+
+def test_unimodal_module_learns_the_teacher_modality(tiny_synthetic, lean_trainer):
+    L.seed_everything(0, verbose=False)
+    module = UnimodalModule(build_model("mlp", (50,), 4), 4, modality="xa", lr=1e-2)
+    trainer = lean_trainer(max_epochs=5)
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+        acc = trainer.test(module, tiny_synthetic, verbose=False)[0]["test/acc"]
+    assert acc > 0.4  # chance is 0.25
+
+
+def test_invalid_module_arguments_raise():
+    teacher, student = _nets()
+    with pytest.raises(ValueError, match="needs a teacher"):
+        CrossModalKD(student, None, build_distiller("kd"), 4)
+    with pytest.raises(ValueError, match="lam"):
+        CrossModalKD(student, teacher, build_distiller("kd"), 4, lam=1.5)
+    with pytest.raises(ValueError, match="optimizer"):
+        CrossModalKD(student, teacher, None, 4, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="modality"):
+        UnimodalModule(student, 4, modality="xc")
