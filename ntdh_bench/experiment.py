@@ -6,8 +6,11 @@ in :meth:`Experiment.report`, which reads only the result store (never TensorBoa
 :meth:`Experiment.main` gives every script the same command line: ``--seeds``, ``--gpus``,
 ``--full``, ``--set key=value``, ``--dry-run``, ``--report-only``, ``--retry-failed``.
 
-Running the same command again skips the runs already done; a run that raises is recorded as
-failed with its error and the sweep goes on (``--retry-failed`` runs those again).
+Running the same command again skips the runs already done and resumes unfinished ones from
+their last checkpoint; a run that raises (or whose loss stops being finite) is recorded as
+failed with its error and the sweep goes on (``--retry-failed`` runs those again). How the
+pending runs execute is the launcher's business (:mod:`ntdh_bench.launchers`), chosen by
+``--gpus``, ``--workers``, ``--ddp`` and ``--launcher``; ``--status`` shows progress.
 """
 
 from __future__ import annotations
@@ -17,10 +20,8 @@ import copy
 import logging
 import os
 import sys
-import time
-import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,17 +31,20 @@ import yaml
 from tqdm.auto import tqdm
 
 from datamodules import build_datamodule
-from ntdh_bench.results import ResultStore, canonical_json, config_hash, make_record
-from ntdh_bench.runner import (
-    RunEnv,
-    RunResult,
-    execute_run,
-    resolve_distiller,
-    validate_config,
+from ntdh_bench.launchers import (
+    Executor,
+    Launcher,
+    PoolLauncher,
+    SerialLauncher,
+    SlurmOptions,
+    SubmititLauncher,
+    Sweep,
+    is_launch_rank_zero,
 )
+from ntdh_bench.results import ResultStore, canonical_json, config_hash
+from ntdh_bench.runner import RunEnv, execute_run, resolve_distiller, validate_config
+from ntdh_bench.status import sweep_status, write_grid
 from ntdh_bench.training import DeviceConfig
-
-log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
@@ -145,11 +149,17 @@ class Experiment(ABC):
         self.args = args
         self.results_dir = Path(args.results_dir) / self.name
         self.store = ResultStore(self.results_dir)
+        ddp = getattr(args, "ddp", False)
         self.env = RunEnv(
             runs_dir=Path(args.runs_dir),
             cache_dir=Path(args.cache_dir),
-            devices=DeviceConfig(gpus=args.gpus),
+            devices=DeviceConfig(
+                gpus=args.gpus if ddp else min(args.gpus, 1),
+                strategy="ddp" if ddp else "auto",
+                num_nodes=getattr(args, "num_nodes", 1),
+            ),
             experiment=self.name,
+            checkpoint_interval_s=getattr(args, "checkpoint_interval", 60.0),
         )
 
     def dataset_config(self, dataset: str) -> dict[str, Any]:
@@ -174,21 +184,26 @@ class Experiment(ABC):
         """Write tables and figures under ``self.results_dir`` and print the summary."""
 
     # --- execution ---------------------------------------------------------------------
-    def run(
-        self, executor: Callable[[Mapping[str, Any], RunEnv, str], RunResult] = execute_run
-    ) -> list[dict[str, Any]]:
+    def run(self, executor: Executor = execute_run) -> list[dict[str, Any]]:
         """Run what is not done yet, then report; return the grid's finished records."""
         specs = self.specs()
         self._validate(specs)
         ids = [s.run_id for s in specs]
+        if getattr(self.args, "status", False):
+            print(sweep_status(self.results_dir).render())
+            return self.store.done_records(ids)
         latest = self.store.latest()
         skip = {"done"} if self.args.retry_failed else {"done", "failed"}
         todo = [s for s in specs if latest.get(s.run_id, {}).get("status") not in skip]
         if self.args.dry_run:
             self._print_plan(specs, todo, latest)
             return self.store.done_records(ids)
+        if not self.args.report_only and todo and is_launch_rank_zero():
+            write_grid(self.results_dir, self.name, specs)
         if not self.args.report_only and todo:
             self._execute(specs, todo, executor)
+        if not is_launch_rank_zero():
+            return []  # a DDP helper process: rank 0 records and reports
         records = self.store.done_records(ids)
         wanted = set(ids)
         failed = [
@@ -206,6 +221,52 @@ class Experiment(ABC):
             print("no finished runs to report yet")
         return records
 
+    def launcher(self) -> Launcher:
+        """The launcher the command line asks for (see ``--help``)."""
+        args = self.args
+        kind = getattr(args, "launcher", "auto")
+        if kind == "slurm":
+            return SubmititLauncher(
+                SlurmOptions(
+                    partition=args.slurm_partition,
+                    time_min=args.slurm_time,
+                    gpus_per_job=max(args.gpus, 0),
+                    cpus_per_job=args.slurm_cpus,
+                    array_parallelism=args.slurm_array_parallelism,
+                    wait=not args.no_wait,
+                )
+            )
+        if args.gpus > 1 and not getattr(args, "ddp", False):
+            return PoolLauncher(args.gpus, device_ids=[str(i) for i in range(args.gpus)])
+        workers = getattr(args, "workers", 1)
+        if workers > 1 and args.gpus == 0:
+            return PoolLauncher(workers)
+        return SerialLauncher()
+
+    def _execute(self, specs: list[RunSpec], todo: list[RunSpec], executor: Executor) -> None:
+        sweep = Sweep(self.name, self.results_dir, self.env, executor)
+        show = is_launch_rank_zero()
+        bar = tqdm(
+            total=len(specs),
+            initial=len(specs) - len(todo),
+            desc=self.name,
+            unit="run",
+            dynamic_ncols=True,
+            disable=None if show else True,
+        )
+        described = {s.run_id: s.describe() for s in todo}
+
+        def progress(record: Mapping[str, Any]) -> None:
+            if record.get("status") == "failed":
+                name = described.get(record.get("run_id"), record.get("run_id"))
+                tqdm.write(f"run {name} failed: {record.get('error')}", file=sys.stderr)
+            bar.update(1)
+
+        try:
+            self.launcher().launch(sweep, [(s.config, s.run_id) for s in todo], progress)
+        finally:
+            bar.close()
+
     @staticmethod
     def _validate(specs: Sequence[RunSpec]) -> None:
         """Fail before any run starts: malformed configs, bad dataset arguments, missing files.
@@ -221,43 +282,6 @@ class Experiment(ABC):
                 seen.add(key)
                 args = {k: v for k, v in dataset.items() if k != "name"}
                 build_datamodule(dataset["name"], **args)
-
-    def _execute(
-        self,
-        specs: list[RunSpec],
-        todo: list[RunSpec],
-        executor: Callable[[Mapping[str, Any], RunEnv, str], RunResult],
-    ) -> None:
-        bar = tqdm(
-            total=len(specs),
-            initial=len(specs) - len(todo),
-            desc=self.name,
-            unit="run",
-            dynamic_ncols=True,
-            disable=None,
-        )
-        try:
-            for spec in todo:
-                bar.set_postfix_str(spec.describe(), refresh=True)
-                started = time.perf_counter()
-                try:
-                    result = executor(spec.config, self.env, spec.run_id)
-                    status, error, metrics = "done", None, result.metrics
-                    timing = {**result.timing, "total_s": time.perf_counter() - started}
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a failed run is recorded and the sweep goes on
-                    status, metrics = "failed", {}
-                    error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    timing = {"total_s": time.perf_counter() - started}
-                    log.error("run %s failed: %s", spec.run_id, error)
-                    tqdm.write(f"run {spec.describe()} failed: {error}", file=sys.stderr)
-                self.store.append(
-                    make_record(spec.run_id, self.name, spec.config, metrics, status, error, timing)
-                )
-                bar.update(1)
-        finally:
-            bar.close()
 
     def _print_plan(
         self, specs: list[RunSpec], todo: list[RunSpec], latest: Mapping[str, Mapping[str, Any]]
@@ -318,6 +342,49 @@ class Experiment(ABC):
         common.add_argument(
             "--retry-failed", action="store_true", help="run again the runs recorded as failed"
         )
+        common.add_argument(
+            "--status",
+            action="store_true",
+            help="show done / running / failed / pending counts and the ETA; run nothing",
+        )
+        launch = parser.add_argument_group(
+            "where runs execute",
+            "--gpus N alone runs N worker processes, one per GPU, each taking whole runs from a "
+            "queue; with --ddp each run uses all N GPUs (Lightning's DDP). On the CPU, "
+            "--workers N runs N processes that share the cores.",
+        )
+        launch.add_argument(
+            "--workers", type=int, default=1, help="CPU worker processes (with --gpus 0)"
+        )
+        launch.add_argument(
+            "--ddp", action="store_true", help="train each run on all --gpus with DDP"
+        )
+        launch.add_argument(
+            "--num-nodes", type=int, default=1, help="machines per DDP run (SLURM or torchrun)"
+        )
+        launch.add_argument(
+            "--launcher",
+            choices=("auto", "slurm"),
+            default="auto",
+            help="auto: this machine (serial or pool); slurm: an array job through submitit",
+        )
+        launch.add_argument(
+            "--checkpoint-interval",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="epoch-end resume checkpoints at most this often (0: every epoch)",
+        )
+        slurm = parser.add_argument_group("SLURM (with --launcher slurm; needs submitit)")
+        slurm.add_argument("--slurm-partition", default=None, help="partition to submit to")
+        slurm.add_argument("--slurm-time", type=int, default=240, help="minutes per job")
+        slurm.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job")
+        slurm.add_argument(
+            "--slurm-array-parallelism", type=int, default=64, help="jobs running at once"
+        )
+        slurm.add_argument(
+            "--no-wait", action="store_true", help="submit and return; check with --status"
+        )
         cls.add_arguments(parser.add_argument_group(f"{cls.name} options"))
         return parser
 
@@ -326,9 +393,11 @@ class Experiment(ABC):
         args = cls.parser().parse_args(argv)
         if args.seeds < 1:
             cls.parser().error("--seeds must be >= 1")
-        if args.gpus < 0:
-            cls.parser().error("--gpus must be >= 0")
-        if args.gpus > 0:
+        if args.gpus < 0 or args.workers < 1 or args.num_nodes < 1:
+            cls.parser().error("--gpus must be >= 0, --workers and --num-nodes >= 1")
+        if args.ddp and args.gpus < 1:
+            cls.parser().error("--ddp needs --gpus N (N >= 1)")
+        if args.gpus > 0 and args.launcher != "slurm":
             import torch
 
             if not torch.cuda.is_available():

@@ -5,11 +5,13 @@ the run's full resolved config (:func:`config_hash`). A sweep that is started ag
 every run whose latest record says ``done``. Appends are single ``write`` calls of a whole
 line on a file opened for appending, flushed and fsynced; a process killed mid-write can at
 worst leave a torn last line, which readers skip with a warning and the next append
-terminates, so the store stays readable at every moment.
+terminates, so the store stays readable at every moment. An exclusive ``flock`` serialises
+writers, so pool workers and cluster jobs can share one store.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -86,6 +88,7 @@ def make_record(
     status: str = "done",
     error: str | None = None,
     timing: Mapping[str, float] | None = None,
+    worker: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A complete record: config, seed, metrics, status, versions, commit, host and times."""
     return {
@@ -100,6 +103,7 @@ def make_record(
         "versions": library_versions(),
         "git_commit": git_commit(),
         "host": platform.node(),
+        "worker": dict(worker or {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -119,12 +123,13 @@ class ResultStore:
         line = (canonical_json(record) + "\n").encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # several workers may finish at once
             if self._ends_torn():
                 line = b"\n" + line
             os.write(fd, line)
             os.fsync(fd)
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lock
 
     def _ends_torn(self) -> bool:
         size = self.path.stat().st_size if self.path.exists() else 0

@@ -53,6 +53,8 @@ from ntdh_bench.training import (
 )
 
 ROLES = ("teacher", "unimodal", "student", "kd")
+# Teachers trained by this process, by identity hash: reused without reading the cache back.
+_TRAINED_HERE: dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]] = {}
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam"}
 
 
@@ -64,6 +66,7 @@ class RunEnv:
     cache_dir: Path = Path("cache")
     devices: DeviceConfig = field(default_factory=DeviceConfig)
     experiment: str = "adhoc"
+    checkpoint_interval_s: float = 60.0  # epoch-end resume checkpoints, at most this often
 
 
 @dataclass
@@ -148,8 +151,12 @@ def _train_unimodal(
         weight_decay=train["weight_decay"],
         optimizer=train["optimizer"],
     )
-    trainer = make_trainer(train["epochs"], env.devices, env.runs_dir, name, version)
-    metrics, timing = fit_and_test(trainer, module, dm)
+    ckpt_dir = Path(env.runs_dir) / name / version / "checkpoints"
+    trainer = make_trainer(
+        train["epochs"], env.devices, env.runs_dir, name, version,
+        checkpoint_dir=ckpt_dir, checkpoint_interval_s=env.checkpoint_interval_s,
+    )
+    metrics, timing = fit_and_test(trainer, module, dm, ckpt_dir)
     return model, metrics, timing, trainer
 
 
@@ -161,12 +168,17 @@ def load_or_train_teacher(
     tid = config_hash(identity)
     folder = Path(env.cache_dir) / "teachers" / tid
     weights, meta_path = folder / "model.pt", folder / "meta.json"
-    if weights.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        dm = _datamodule(config)
-        model = _network(config, dm, "xa")
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.eval(), meta["metrics"]
+    if tid in _TRAINED_HERE:  # under DDP every rank trained it; no rank waits on the disk
+        state, metrics = _TRAINED_HERE[tid]
+    elif weights.exists() and meta_path.exists():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        metrics = json.loads(meta_path.read_text())["metrics"]
+    else:
+        state = None
+    if state is not None:
+        model = _network(config, _datamodule(config), "xa")
+        model.load_state_dict(state)
+        return model.eval(), dict(metrics)
     model, metrics, timing, trainer = _train_unimodal(
         config, identity["train"], "xa", env, "teachers", tid
     )
@@ -178,7 +190,9 @@ def load_or_train_teacher(
             meta_path,
             json.dumps({"identity": identity, "metrics": metrics, "timing": timing}, indent=2),
         )
-    return model.cpu().eval(), metrics
+    model = model.cpu().eval()
+    _TRAINED_HERE[tid] = ({k: v.clone() for k, v in model.state_dict().items()}, metrics)
+    return model, metrics
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -239,8 +253,12 @@ def _train_student(
         weight_decay=train["weight_decay"],
         optimizer=train["optimizer"],
     )
-    trainer = make_trainer(train["epochs"], env.devices, env.runs_dir, env.experiment, run_id)
-    metrics, timing = fit_and_test(trainer, module, dm)
+    ckpt_dir = Path(env.runs_dir) / env.experiment / run_id / "checkpoints"
+    trainer = make_trainer(
+        train["epochs"], env.devices, env.runs_dir, env.experiment, run_id,
+        checkpoint_dir=ckpt_dir, checkpoint_interval_s=env.checkpoint_interval_s,
+    )
+    metrics, timing = fit_and_test(trainer, module, dm, ckpt_dir)
     metrics.update(teacher_metrics)
     log_hparams(trainer, config, metrics)
     return RunResult(metrics, timing)

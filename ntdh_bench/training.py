@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,8 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from ntdh_bench.checkpointing import EpochCheckpoint, remove_checkpoint, resumable_checkpoint
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 _EXPECTED_WARNINGS = (
@@ -65,6 +68,21 @@ def quiet_lightning() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
+class FiniteLossGuard(L.Callback):
+    """Stop a run whose training loss is no longer finite, naming the epoch.
+
+    Checked once per epoch on the logged epoch means (no per-step device sync); the sweep
+    records the run as failed with this error and goes on.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith("train/") and not math.isfinite(float(value)):
+                raise FloatingPointError(
+                    f"{name} is {float(value)} at epoch {trainer.current_epoch}"
+                )
+
+
 def make_trainer(
     max_epochs: int,
     devices: DeviceConfig,
@@ -72,18 +90,27 @@ def make_trainer(
     name: str = "",
     version: str | None = None,
     callbacks: list[L.Callback] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_interval_s: float = 60.0,
     **overrides: Any,
 ) -> L.Trainer:
-    """A Trainer in the lean sweep profile; TensorBoard under ``log_dir/name/version``."""
+    """A Trainer in the lean sweep profile; TensorBoard under ``log_dir/name/version``.
+
+    With ``checkpoint_dir``, epoch-end checkpoints (at most one per ``checkpoint_interval_s``)
+    make the run resumable, see :mod:`ntdh_bench.checkpointing`.
+    """
     logger: TensorBoardLogger | bool = False
     if log_dir is not None:
         logger = TensorBoardLogger(
             save_dir=str(log_dir), name=name, version=version, default_hp_metric=False
         )
+    all_callbacks = [FiniteLossGuard(), *(callbacks or [])]
+    if checkpoint_dir is not None:
+        all_callbacks.append(EpochCheckpoint(checkpoint_dir, checkpoint_interval_s))
     kwargs: dict[str, Any] = dict(
         max_epochs=max_epochs,
         logger=logger,
-        callbacks=callbacks or [],
+        callbacks=all_callbacks,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -97,19 +124,30 @@ def make_trainer(
 
 
 def fit_and_test(
-    trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Train, then test the last epoch's weights; return ``(test_metrics, timing)``.
+    """Train (resuming from ``checkpoint_dir`` when it holds a checkpoint), then test.
 
-    No checkpoint is selected on validation data: the suite reports the last epoch.
+    Returns ``(test_metrics, timing)``. No checkpoint is selected on validation data: the
+    suite reports the last epoch's weights. The resume checkpoint is removed once the run
+    has finished.
     """
+    resume = resumable_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     fit_s = time.perf_counter() - start
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     test_s = time.perf_counter() - start - fit_s
+    if checkpoint_dir is not None and trainer.is_global_zero:
+        remove_checkpoint(checkpoint_dir)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    return metrics, {"fit_s": fit_s, "test_s": test_s}
+    timing = {"fit_s": fit_s, "test_s": test_s}
+    if resume is not None:
+        timing["resumed"] = 1.0
+    return metrics, timing
 
 
 def log_hparams(

@@ -1,0 +1,283 @@
+"""Launchers: how a sweep's pending runs get executed (the DomainBed pattern, on Lightning).
+
+* :class:`SerialLauncher`: one run after another in this process (CPU, one GPU, or each run
+  on all GPUs with Lightning's DDP strategy).
+* :class:`PoolLauncher`: N worker processes, each pinned to one device through
+  ``CUDA_VISIBLE_DEVICES`` (or CPU workers sharing the cores), each taking whole runs from a
+  queue and running many runs in one process, so nothing is re-imported per run.
+* :class:`SubmititLauncher`: a SLURM array job of runs through submitit (or submitit's local
+  executor); a preempted or timed-out job is requeued and its run resumes from its last
+  checkpoint.
+
+Every launcher executes runs through :func:`run_one`, which marks the run as running, catches
+its failure, and appends its record to the result store (which locks, so concurrent workers
+and jobs can share it). Only the launching rank writes: under DDP the other ranks compute the
+same run and record nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import socket
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ntdh_bench.results import ResultStore, make_record
+from ntdh_bench.runner import RunEnv, RunResult, execute_run
+from ntdh_bench.training import DeviceConfig
+
+Executor = Callable[[Mapping[str, Any], RunEnv, str], RunResult]
+Progress = Callable[[Mapping[str, Any]], None]
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "RANK")
+
+
+def is_launch_rank_zero() -> bool:
+    """False in the extra processes that DDP starts (they must not write records)."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
+
+
+@dataclass
+class Sweep:
+    """What every launcher needs to run an experiment's runs (picklable for workers)."""
+
+    experiment: str
+    results_dir: Path
+    env: RunEnv
+    executor: Executor = execute_run
+
+    @property
+    def running_dir(self) -> Path:
+        return self.results_dir / "running"
+
+
+def run_one(sweep: Sweep, config: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Execute one run, record it (done or failed) and return the record.
+
+    While it runs, ``results/<experiment>/running/<run_id>.json`` names its process, host and
+    start time, for ``ntdh status``.
+    """
+    rank_zero = is_launch_rank_zero()
+    marker = sweep.running_dir / f"{run_id}.json"
+    worker = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "started": time.time(),
+    }
+    if rank_zero:
+        sweep.running_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(worker))
+    started = time.perf_counter()
+    try:
+        result = sweep.executor(config, sweep.env, run_id)
+        status, error, metrics = "done", None, result.metrics
+        timing = {**result.timing, "total_s": time.perf_counter() - started}
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded; the sweep goes on
+        status, metrics = "failed", {}
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        timing = {"total_s": time.perf_counter() - started}
+    finally:
+        if rank_zero:
+            marker.unlink(missing_ok=True)
+    record = make_record(
+        run_id, sweep.experiment, config, metrics, status, error, timing, worker=worker
+    )
+    if rank_zero:
+        ResultStore(sweep.results_dir).append(record)
+    return record
+
+
+class Launcher(ABC):
+    """Executes ``(config, run_id)`` pairs and reports each finished record to ``progress``."""
+
+    workers: int = 1
+
+    @abstractmethod
+    def launch(
+        self, sweep: Sweep, runs: Sequence[tuple[Mapping[str, Any], str]], progress: Progress
+    ) -> None: ...
+
+
+class SerialLauncher(Launcher):
+    """One run after another, in this process."""
+
+    def launch(self, sweep, runs, progress) -> None:
+        for config, run_id in runs:
+            progress(run_one(sweep, config, run_id))
+
+
+def _pool_worker(
+    sweep: Sweep,
+    device: str | None,
+    use_gpu: bool,
+    threads: int,
+    tasks: mp.Queue,
+    results: mp.Queue,
+) -> None:
+    """A pool process: pin to ``device``, then run tasks until the sentinel ``None``."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device  # before anything initialises CUDA
+    import torch
+
+    torch.set_num_threads(threads)
+    devices = replace(sweep.env.devices, gpus=1 if use_gpu else 0)
+    local = replace(sweep, env=replace(sweep.env, devices=devices))
+    while (task := tasks.get()) is not None:
+        config, run_id = task
+        results.put(run_one(local, config, run_id))
+
+
+class PoolLauncher(Launcher):
+    """``workers`` processes taking whole runs from a shared queue.
+
+    With ``device_ids`` each worker is pinned to one of them through ``CUDA_VISIBLE_DEVICES``
+    and trains on it (``use_gpu``); without, the workers share the CPU, each with
+    ``cpu_count // workers`` threads.
+    """
+
+    def __init__(
+        self, workers: int, device_ids: Sequence[str] | None = None, use_gpu: bool = True
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"a pool needs at least one worker, got {workers}")
+        if device_ids is not None and len(device_ids) != workers:
+            raise ValueError(f"{workers} workers need {workers} device ids, got {device_ids}")
+        self.workers = workers
+        self.device_ids = list(device_ids) if device_ids is not None else None
+        self.use_gpu = use_gpu and device_ids is not None
+
+    def launch(self, sweep, runs, progress) -> None:
+        ctx = mp.get_context("spawn")
+        tasks, results = ctx.Queue(), ctx.Queue()
+        for run in runs:
+            tasks.put(run)
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        procs = []
+        for i in range(self.workers):
+            device = self.device_ids[i] if self.device_ids is not None else None
+            tasks.put(None)
+            proc = ctx.Process(
+                target=_pool_worker,
+                args=(sweep, device, self.use_gpu, threads, tasks, results),
+                name=f"ntdh-worker-{i}",
+                daemon=True,
+            )
+            proc.start()
+            procs.append(proc)
+        try:
+            remaining = len(runs)
+            while remaining:
+                try:
+                    record = results.get(timeout=1.0)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in procs):
+                        codes = [p.exitcode for p in procs]
+                        raise RuntimeError(
+                            f"every pool worker exited (exit codes {codes}) with {remaining} "
+                            "run(s) unfinished; rerun the command to resume them"
+                        ) from None
+                    continue
+                progress(record)
+                remaining -= 1
+            for proc in procs:
+                proc.join()
+        finally:
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+
+
+class _SubmititRun:
+    """The callable a SLURM job runs; requeues itself when preempted or timed out."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+
+    def __call__(self, config: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+        return run_one(self.sweep, config, run_id)
+
+    def checkpoint(self, config: Mapping[str, Any], run_id: str) -> Any:
+        """submitit calls this on preemption / timeout: resubmit the same run.
+
+        The run resumes from its last epoch checkpoint, see :mod:`ntdh_bench.checkpointing`.
+        """
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(_SubmititRun(self.sweep), config, run_id)
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 240
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    array_parallelism: int = 64
+    cluster: str | None = None  # None: SLURM when available; "local" or "debug" for tests
+    wait: bool = True
+
+
+class SubmititLauncher(Launcher):
+    """An array job of runs through submitit; each job runs one run."""
+
+    def __init__(self, options: SlurmOptions) -> None:
+        try:
+            import submitit  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError(
+                "--launcher slurm needs submitit: pip install 'ntdh-bench[slurm]'"
+            ) from exc
+        self.options = options
+
+    def executor(self, folder: Path) -> Any:
+        import submitit
+
+        opts = self.options
+        executor = submitit.AutoExecutor(folder=folder, cluster=opts.cluster)
+        params: dict[str, Any] = dict(
+            timeout_min=opts.time_min,
+            gpus_per_node=opts.gpus_per_job,
+            tasks_per_node=1,
+            cpus_per_task=opts.cpus_per_job,
+            slurm_array_parallelism=opts.array_parallelism,
+            name="ntdh",
+        )
+        if opts.partition:
+            params["slurm_partition"] = opts.partition
+        executor.update_parameters(**params)
+        return executor
+
+    def launch(self, sweep, runs, progress) -> None:
+        import submitit
+
+        executor = self.executor(sweep.results_dir / "submitit")
+        devices = DeviceConfig(
+            gpus=self.options.gpus_per_job,
+            strategy=sweep.env.devices.strategy,
+            num_nodes=sweep.env.devices.num_nodes,
+        )
+        job_sweep = replace(sweep, env=replace(sweep.env, devices=devices))
+        configs = [dict(config) for config, _ in runs]
+        run_ids = [run_id for _, run_id in runs]
+        jobs = executor.map_array(_SubmititRun(job_sweep), configs, run_ids)
+        print(
+            f"submitted {len(jobs)} job(s) to {executor.cluster}: "
+            f"{jobs[0].job_id if jobs else ''}... logs in {sweep.results_dir / 'submitit'}"
+        )
+        if not self.options.wait:
+            return
+        for job in submitit.helpers.as_completed(jobs):
+            try:
+                progress(job.result())
+            except Exception as exc:  # the job itself died (node failure, OOM kill)
+                progress({"run_id": "?", "status": "failed", "error": str(exc)})

@@ -1,0 +1,172 @@
+"""Launchers and resume: the worker pool, submitit's local executor, kills, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ntdh_bench.launchers import PoolLauncher, is_launch_rank_zero
+from ntdh_bench.results import ResultStore
+from ntdh_bench.status import sweep_status
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+from gamma_sweep import GammaSweep  # noqa: E402
+
+TINY = [
+    "--set",
+    "teacher.epochs=2",
+    "--set",
+    "student.epochs=2",
+    "--set",
+    "dataset.n_samples=600",
+    "--set",
+    "dataset.n_train=400",
+]
+
+
+def _dirs(root: Path) -> list[str]:
+    return [
+        "--results-dir",
+        str(root / "results"),
+        "--runs-dir",
+        str(root / "runs"),
+        "--cache-dir",
+        str(root / "cache"),
+    ]
+
+
+def _metrics_by_run(root: Path) -> dict[str, dict[str, float]]:
+    return {
+        r["run_id"]: r["metrics"] for r in ResultStore(root / "results" / "fig3").done_records()
+    }
+
+
+def test_pool_workers_pinned_to_devices_match_the_serial_results(tmp_path):
+    argv = ["--seeds", "1", "--gaps", "0", "1", *TINY]
+    GammaSweep.main([*argv, *_dirs(tmp_path / "serial")])
+    pooled = GammaSweep(GammaSweep.parser().parse_args([*argv, *_dirs(tmp_path / "pool")]))
+    pooled.launcher = lambda: PoolLauncher(2, device_ids=["0", "1"], use_gpu=False)
+    pooled.run()
+    records = ResultStore(tmp_path / "pool" / "results" / "fig3").done_records()
+    assert len(records) == 6
+    assert {r["worker"]["cuda_visible_devices"] for r in records} <= {"0", "1"}
+    assert all(r["worker"]["pid"] != os.getpid() for r in records)
+    serial = _metrics_by_run(tmp_path / "serial")
+    for run_id, metrics in _metrics_by_run(tmp_path / "pool").items():
+        assert metrics == pytest.approx(serial[run_id], rel=1e-5), run_id
+
+
+def test_cpu_worker_pool_from_the_command_line(tmp_path):
+    records = GammaSweep.main(
+        ["--seeds", "1", "--gaps", "0.5", "--workers", "2", *TINY, *_dirs(tmp_path)]
+    )
+    assert len(records) == 3 and all(r["status"] == "done" for r in records)
+
+
+def test_status_counts_done_failed_and_pending(tmp_path, capsys):
+    argv = ["--seeds", "1", "--gaps", "0", "1", *TINY, *_dirs(tmp_path)]
+    GammaSweep.main(["--seeds", "1", "--gaps", "0", *TINY, *_dirs(tmp_path)])  # half the grid
+    with pytest.raises(FileNotFoundError, match="no sweep has started"):
+        sweep_status(tmp_path / "results" / "nothing")
+    experiment = GammaSweep(GammaSweep.parser().parse_args(argv))
+    from ntdh_bench.status import write_grid
+
+    write_grid(experiment.results_dir, "fig3", experiment.specs())
+    # a marker left by a killed process counts as interrupted, not running
+    running = experiment.results_dir / "running"
+    running.mkdir(exist_ok=True)
+    pending_id = next(
+        s.run_id for s in experiment.specs() if s.run_id not in experiment.store.done_ids()
+    )
+    (running / f"{pending_id}.json").write_text(
+        json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename, "started": time.time()})
+    )
+    status = sweep_status(experiment.results_dir)
+    assert (status.total, status.done, status.failed, len(status.running)) == (6, 3, 0, 0)
+    assert status.pending == 3 and status.interrupted == 1
+    assert status.eta_s > 0
+    GammaSweep.main([*argv, "--status"])
+    out = capsys.readouterr().out
+    assert "done     3" in out and "pending  3" in out and "ETA" in out
+
+
+def test_only_rank_zero_records(monkeypatch):
+    assert is_launch_rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert not is_launch_rank_zero()
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_array_jobs(tmp_path):
+    pytest.importorskip("submitit")
+    from ntdh_bench.launchers import SlurmOptions, SubmititLauncher
+
+    experiment = GammaSweep(
+        GammaSweep.parser().parse_args(["--seeds", "1", "--gaps", "0", *TINY, *_dirs(tmp_path)])
+    )
+    experiment.launcher = lambda: SubmititLauncher(
+        SlurmOptions(cluster="local", gpus_per_job=0, time_min=10)
+    )
+    records = experiment.run()
+    assert len(records) == 3
+    assert (tmp_path / "results" / "fig3" / "submitit").is_dir()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_results(tmp_path):
+    grid = [
+        "--seeds",
+        "2",
+        "--gaps",
+        "0",
+        "1",
+        "--checkpoint-interval",
+        "0",
+        "--set",
+        "teacher.epochs=12",
+        "--set",
+        "student.epochs=12",
+        "--set",
+        "dataset.n_samples=1500",
+        "--set",
+        "dataset.n_train=1000",
+    ]
+    GammaSweep.main([*grid, *_dirs(tmp_path / "clean")])
+    expected = _metrics_by_run(tmp_path / "clean")
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "experiments" / "gamma_sweep.py"), *grid, *_dirs(killed)]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    store = ResultStore(killed / "results" / "fig3")
+    while time.time() < deadline:  # kill once some runs are done and one is mid-training
+        checkpoints = list((killed / "runs").glob("**/checkpoints/last.ckpt"))
+        if len(store.done_ids()) >= 4 and checkpoints:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 4 <= len(store.done_ids()) < len(expected), "the kill missed the middle of the sweep"
+
+    GammaSweep.main([*grid, *_dirs(killed)])
+    lines = [json.loads(x) for x in store.path.read_text().splitlines() if x.strip()]
+    per_run = {}
+    for record in lines:
+        per_run[record["run_id"]] = per_run.get(record["run_id"], 0) + 1
+    assert per_run == {run_id: 1 for run_id in expected}  # each run finished exactly once
+    assert any(r["timing"].get("resumed") for r in lines), "no run resumed from a checkpoint"
+    assert _metrics_by_run(killed) == expected
