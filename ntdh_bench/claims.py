@@ -14,12 +14,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Verdict:
+    """A claim, whether it holds (``None``: the grid cannot decide it), and the numbers."""
+
     claim: str
-    holds: bool
+    holds: bool | None
     evidence: str
 
     def line(self) -> str:
-        return f"[{'holds' if self.holds else 'does not hold'}] {self.claim}: {self.evidence}"
+        label = {True: "holds", False: "does not hold", None: "not judged"}[self.holds]
+        return f"[{label}] {self.claim}: {self.evidence}"
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:

@@ -155,6 +155,7 @@ class Experiment(ABC):
             cache_dir=Path(args.cache_dir),
             devices=DeviceConfig(
                 gpus=args.gpus if ddp else min(args.gpus, 1),
+                cpu_processes=getattr(args, "cpu_ddp", 1),
                 strategy="ddp" if ddp else "auto",
                 num_nodes=getattr(args, "num_nodes", 1),
             ),
@@ -362,6 +363,9 @@ class Experiment(ABC):
         launch.add_argument(
             "--num-nodes", type=int, default=1, help="machines per DDP run (SLURM or torchrun)"
         )
+        launch.add_argument(  # DDP over CPU processes (gloo): tests the path without a GPU
+            "--cpu-ddp", type=int, default=1, help=argparse.SUPPRESS
+        )
         launch.add_argument(
             "--launcher",
             choices=("auto", "slurm"),
@@ -395,7 +399,7 @@ class Experiment(ABC):
             cls.parser().error("--seeds must be >= 1")
         if args.gpus < 0 or args.workers < 1 or args.num_nodes < 1:
             cls.parser().error("--gpus must be >= 0, --workers and --num-nodes >= 1")
-        if args.ddp and args.gpus < 1:
+        if args.ddp and args.gpus < 1 and args.cpu_ddp < 2:
             cls.parser().error("--ddp needs --gpus N (N >= 1)")
         if args.gpus > 0 and args.launcher != "slurm":
             import torch

@@ -33,9 +33,14 @@ _EXPECTED_WARNINGS = (
 
 @dataclass
 class DeviceConfig:
-    """Where runs execute: ``gpus = 0`` is the CPU; ``strategy`` e.g. ``"ddp"``."""
+    """Where runs execute: ``gpus = 0`` is the CPU; ``strategy`` e.g. ``"ddp"``.
+
+    ``cpu_processes > 1`` runs DDP on the CPU (gloo): how the tests exercise the distributed
+    path on machines without a GPU.
+    """
 
     gpus: int = 0
+    cpu_processes: int = 1
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str | None = None
@@ -45,7 +50,7 @@ class DeviceConfig:
         if self.gpus > 0:
             kwargs: dict[str, Any] = {"accelerator": "gpu", "devices": self.gpus}
         else:
-            kwargs = {"accelerator": "cpu", "devices": 1}
+            kwargs = {"accelerator": "cpu", "devices": self.cpu_processes}
         kwargs.update(strategy=self.strategy, num_nodes=self.num_nodes)
         if self.precision:
             kwargs["precision"] = self.precision

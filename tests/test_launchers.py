@@ -170,3 +170,27 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
     assert per_run == {run_id: 1 for run_id in expected}  # each run finished exactly once
     assert any(r["timing"].get("resumed") for r in lines), "no run resumed from a checkpoint"
     assert _metrics_by_run(killed) == expected
+
+
+@pytest.mark.slow
+def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / "gamma_sweep.py"),
+        "--seeds",
+        "1",
+        "--gaps",
+        "0",
+        "1",
+        "--ddp",
+        "--cpu-ddp",
+        "2",
+        *TINY,
+        *_dirs(tmp_path),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Fig. 3: cross-modal KD") == 1  # only rank 0 reports
+    lines = ResultStore(tmp_path / "results" / "fig3").records()
+    assert len(lines) == 6 and all(r["status"] == "done" for r in lines)
+    assert len({r["run_id"] for r in lines}) == 6
