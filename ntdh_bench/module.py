@@ -14,6 +14,11 @@ temperature ``monitor_T``) averaged over the epoch.
 When the datamodule keeps its splits as tensors, the teacher's outputs on every split are
 computed once at the start and served by ``index`` (``cache_teacher``): the inputs are not
 augmented, so recomputing them each epoch would only repeat work.
+
+A ``sample_mask`` (:class:`ntdh_bench.masking.SampleMask`, Algorithm 2) sets each training
+batch's ``distill_weight`` from the detached teacher and student outputs, so it removes samples
+from the distillation term only, for any distiller; ``train/masked_fraction`` is logged. Feature
+masks (Algorithm 1) wrap the teacher network itself (:class:`ntdh_bench.masking.MaskedNetwork`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from models.base import ModelOutput
 from ntdh_bench.distillers.base import Distiller, paired_logits
 from ntdh_bench.divergence import divergence_report
+from ntdh_bench.masking import SampleMask
 
 DIVERGENCES = ("kl", "tckl", "nckl", "tcjsd", "ncjsd")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -35,6 +41,7 @@ IGNORE_INDEX = 255
 
 
 METRIC_NAMES = {"classification": "acc", "dense": "miou"}
+_BIND_ROWS = 2  # training samples shown to Distiller.bind to size its adapters
 
 
 def _task_metric(task: str, num_classes: int) -> Metric:
@@ -124,7 +131,7 @@ class UnimodalModule(_SupervisedBase):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._cross_entropy(self.model(batch[self.modality]).logits, batch)
-        self.log("train/ce", loss, on_step=False, on_epoch=True)
+        self.log("train/ce", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -150,10 +157,13 @@ class CrossModalKD(_SupervisedBase):
         optimizer: str = "adam",
         monitor_T: float = 1.0,
         cache_teacher: bool = True,
+        sample_mask: SampleMask | None = None,
     ) -> None:
         super().__init__(num_classes, task, lr, weight_decay, optimizer)
         if distiller is not None and teacher is None:
             raise ValueError("a distiller needs a teacher")
+        if sample_mask is not None and distiller is None:
+            raise ValueError("a sample mask weighs the distillation term; it needs a distiller")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {lam}")
         if distiller is not None and distiller.task != task:
@@ -161,10 +171,11 @@ class CrossModalKD(_SupervisedBase):
                 f"distiller {distiller.name!r} was built for {distiller.task!r}, the module "
                 f"trains a {task!r} task"
             )
-        self.save_hyperparameters(ignore=["student", "teacher", "distiller"])
+        self.save_hyperparameters(ignore=["student", "teacher", "distiller", "sample_mask"])
         self.student = student
         self.teacher = teacher
         self.distiller = distiller
+        self.sample_mask = sample_mask
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -185,7 +196,8 @@ class CrossModalKD(_SupervisedBase):
         return self
 
     def teacher_input(self, batch: dict[str, Tensor]) -> Tensor:
-        """What the teacher sees; feature masks override this."""
+        """What the teacher is fed; a feature mask lives in the teacher network itself
+        (:class:`ntdh_bench.masking.MaskedNetwork`), so the cached outputs include it."""
         return batch["xa"]
 
     @torch.no_grad()
@@ -212,8 +224,9 @@ class CrossModalKD(_SupervisedBase):
             except KeyError:
                 continue
             chunks = []
-            for start in range(0, len(tensors["y"]), 4096):
-                part = {k: v[start : start + 4096].to(self.device) for k, v in tensors.items()}
+            chunk = dm.batch_size  # a training batch fits; so does its forward pass alone
+            for start in range(0, len(tensors["y"]), chunk):
+                part = {k: v[start : start + chunk].to(self.device) for k, v in tensors.items()}
                 chunks.append(self._run_teacher(self.teacher_input(part)))
             self._teacher_cache[split] = ModelOutput(
                 logits=torch.cat([c.logits for c in chunks]),
@@ -234,6 +247,43 @@ class CrossModalKD(_SupervisedBase):
         if not self._teacher_cache:
             self._fill_teacher_cache()
 
+    # --- the distiller -----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Bind the distiller (its adapters) before Lightning builds the optimizer."""
+        if self.distiller is not None:
+            self._bind_distiller()
+
+    def _bind_distiller(self) -> None:
+        """Call :meth:`Distiller.bind` with both networks' outputs on a few training samples.
+
+        Without a datamodule there is nothing to bind from; a distiller that needs binding then
+        says so when it is first called.
+        """
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        labels = None
+        if getattr(dm, "uses_tensor_path", False):
+            train = dm.split_tensors("train")
+            labels, num_train = train["y"], len(train["y"])
+            batch = {k: v[:_BIND_ROWS] for k, v in train.items()}
+        else:
+            loader = dm.train_dataloader()
+            batch, num_train = next(iter(loader)), len(loader.dataset)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            student_out = self.student(batch["xb"])
+        self.student.train(was_training)
+        teacher_out = self._run_teacher(self.teacher_input(batch))
+        self.distiller.bind(student_out, teacher_out, num_train, labels)
+
+    def on_train_epoch_start(self) -> None:
+        """Schedules inside the distiller (DKD's warm-up, FitNet's stages) follow the epoch."""
+        if self.distiller is not None:
+            self.distiller.set_epoch(self.current_epoch)
+
     # --- training ----------------------------------------------------------------------
     def forward(self, x: Tensor) -> ModelOutput:
         return self.student(x)
@@ -248,17 +298,31 @@ class CrossModalKD(_SupervisedBase):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         student_out = self.student(batch["xb"])
         ce = self._cross_entropy(student_out.logits, batch)
-        self.log("train/ce", ce, on_step=False, on_epoch=True)
+        self.log("train/ce", ce, on_step=False, on_epoch=True, sync_dist=True)
         if self.distiller is None:
             return ce
-        terms = self.distiller(student_out, self.teacher_output(batch, "train"), batch)
+        teacher_out = self.teacher_output(batch, "train")
+        if self.sample_mask is not None:
+            batch = self._sample_masked(student_out, teacher_out, batch)
+        terms = self.distiller(student_out, teacher_out, batch)
         distill = torch.stack(list(terms.values())).sum()
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         lam = self.hparams.lam
         loss = (1.0 - lam) * ce + lam * distill
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
+
+    def _sample_masked(
+        self, student_out: ModelOutput, teacher_out: ModelOutput, batch: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Algorithm 2: the batch with the sample mask's ``distill_weight`` (times any weight
+        the batch already carries); logs the fraction of masked samples (pixels)."""
+        weight, fraction = self.sample_mask(student_out, teacher_out, batch)
+        if "distill_weight" in batch:
+            weight = weight * batch["distill_weight"]
+        self.log("train/masked_fraction", fraction, on_step=False, on_epoch=True, sync_dist=True)
+        return {**batch, "distill_weight": weight}
 
     # --- evaluation --------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:

@@ -7,7 +7,17 @@ LightningModule optimises them with the student and saves them in its checkpoint
 
 Per-sample weights: when the batch carries ``distill_weight`` (``(B,)``, or ``(B, H, W)`` for
 dense tasks), logit distillers weight each sample (pixel) by it and divide by the total weight.
-The sample masks of Algorithm 2 set it; the cross-entropy term never sees it.
+Distillers that compare whole samples read :func:`sample_weight` (a dense sample weighs the mean
+of its pixels' weights); relational ones (RKD, SP, PKT) keep the samples whose weight is
+positive (:func:`keep_weighted`). The sample masks of Algorithm 2 set it; the cross-entropy term
+never sees it.
+
+Binding: adapters whose shapes depend on the networks or the data (FitNet's regressor, CRD's
+heads and memory bank) are created in :meth:`Distiller.bind`, which
+:class:`ntdh_bench.module.CrossModalKD` calls from its ``setup`` hook, before Lightning runs
+``configure_optimizers``, so that the optimizer sees them. Schedules (DKD's warm-up, FitNet's
+two stages) read ``self.epoch``, which the module sets through :meth:`Distiller.set_epoch` at
+the start of every training epoch.
 """
 
 from __future__ import annotations
@@ -40,6 +50,31 @@ class Distiller(nn.Module):
                 f"{list(self.supported_tasks)}"
             )
         self.task = task
+        self.epoch = 0
+
+    def bind(
+        self,
+        student: ModelOutput,
+        teacher: ModelOutput,
+        num_train_samples: int,
+        train_labels: Tensor | None = None,
+    ) -> None:
+        """Create the adapters sized from the networks and the data; a no-op here.
+
+        Args:
+            student: the student's output on a few training samples.
+            teacher: the teacher's output on the same samples.
+            num_train_samples: the size of the training split (``index`` runs below it).
+            train_labels: the training split's labels in ``index`` order, when the datamodule
+                holds the split as tensors; otherwise ``None``.
+
+        Binding is idempotent: a distiller that is already bound keeps its adapters (and their
+        trained values), so the module may call it again before testing.
+        """
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the current training epoch, counted from 0 as Lightning does."""
+        self.epoch = epoch
 
     def forward(
         self, student: ModelOutput, teacher: ModelOutput, batch: dict[str, Tensor]
@@ -77,6 +112,40 @@ def paired_logits(
     logits_s = student.logits.permute(0, 2, 3, 1)[keep]
     logits_t = teacher.logits.permute(0, 2, 3, 1)[keep]
     return logits_s, logits_t, y[keep], None if weight is None else weight[keep]
+
+
+def sample_weight(batch: dict[str, Tensor], ignore_index: int = 255) -> Tensor | None:
+    """The batch's ``distill_weight`` as one weight per sample ``(B,)``, or ``None``.
+
+    Dense tasks: the mean of a sample's pixel weights over its valid, labelled pixels (0 for a
+    sample without any), so that feature distillers working on pooled embeddings follow a
+    pixel mask in proportion.
+    """
+    weight = batch.get("distill_weight")
+    if weight is None or weight.dim() == 1:
+        return weight
+    keep = dense_keep_mask(batch["y"], batch.get("valid"), ignore_index).to(weight.dtype)
+    total = (weight * keep).flatten(1).sum(dim=1)
+    return total / keep.flatten(1).sum(dim=1).clamp_min(1)
+
+
+def keep_weighted(weight: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows of ``tensors`` whose per-sample ``weight`` is positive (all rows without one)."""
+    if weight is None:
+        return tensors
+    keep = weight > 0
+    return tuple(t[keep] for t in tensors)
+
+
+def pooled_embedding(output: ModelOutput, who: str) -> Tensor:
+    """The penultimate embedding as ``(B, D)``; spatial embeddings are averaged (dense tasks)."""
+    if output.embedding is None:
+        raise ValueError(
+            f"distiller {who!r} needs ModelOutput.embedding (the penultimate vector); this "
+            "network returns None: set it in the model's forward"
+        )
+    emb = output.embedding
+    return emb.flatten(2).mean(dim=2) if emb.dim() > 2 else emb
 
 
 def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
