@@ -12,6 +12,8 @@ A run config is a plain JSON-able dict; its hash is the run's identity::
                   "lam": 0.5},                                            # student roles
       "distiller": {"name": "kd", "T": 4.0, ...},                         # role "kd"
       "modality": "xa" | "xb",                                            # role "unimodal"
+      "feature_mask": {"kind": "true", "ratio": 0.25, ...},   # optional, Algorithm 1
+      "sample_mask": {"kind": "true", "ratio": 0.25, ...},    # optional, role "kd", Algorithm 2
     }
 
 * ``teacher``: trains the teacher on ``xa`` (or loads it from the cache) and reports its test
@@ -23,14 +25,18 @@ A run config is a plain JSON-able dict; its hash is the run's identity::
 
 The teacher is trained once per identity: a hash of the dataset, model, teacher training
 settings and seed, stored as ``<cache_dir>/teachers/<hash>/{model.pt, meta.json}`` and written
-atomically, so any run of any experiment that needs the same teacher reuses it.
+atomically, so any run of any experiment that needs the same teacher reuses it. A feature mask
+(:mod:`ntdh_bench.masking`) wraps the teacher: retrained on the masked input (its identity then
+includes the mask) or, with ``retrain_teacher: false``, the unmasked teacher only fed it. Student
+runs also return their per-epoch validation curves as ``history/<metric>/<epoch>`` metrics
+(:mod:`ntdh_bench.callbacks`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +47,9 @@ from torch import nn
 
 from datamodules import DATAMODULES, PairedDataModule, build_datamodule
 from models import build_model
+from ntdh_bench.callbacks import MetricHistory
 from ntdh_bench.distillers import DISTILLERS, build_distiller
+from ntdh_bench.masking import SampleMask, build_feature_mask, resolve_masks
 from ntdh_bench.module import CrossModalKD, UnimodalModule
 from ntdh_bench.results import canonical_json, config_hash
 from ntdh_bench.training import (
@@ -107,6 +115,7 @@ def validate_config(config: Mapping[str, Any]) -> None:
         raise ValueError("a 'kd' run needs a 'distiller' section")
     if role == "unimodal" and config.get("modality") not in ("xa", "xb"):
         raise ValueError("a 'unimodal' run needs 'modality': 'xa' or 'xb'")
+    resolve_masks(config)  # checks the feature_mask / sample_mask sections
 
 
 def _datamodule(config: Mapping[str, Any]) -> PairedDataModule:
@@ -122,13 +131,30 @@ def _network(config: Mapping[str, Any], dm: PairedDataModule, modality: str) -> 
 
 
 def teacher_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that defines a teacher; its hash keys the teacher cache."""
-    return {
+    """Everything that defines a teacher; its hash keys the teacher cache.
+
+    A teacher retrained on feature-masked input is another teacher: its mask is part of its
+    identity. A teacher only fed the masked input is the unmasked one.
+    """
+    identity = {
         "dataset": config["dataset"],
         "model": config["model"],
         "train": {**TRAIN_DEFAULTS, **config["teacher"]},
         "seed": config["seed"],
     }
+    mask = resolve_masks(config).get("feature_mask")
+    if mask and mask["retrain_teacher"]:
+        identity["feature_mask"] = {k: v for k, v in mask.items() if k != "retrain_teacher"}
+    return identity
+
+
+def _feature_mask(config: Mapping[str, Any], env: RunEnv) -> Callable[[nn.Module], nn.Module]:
+    """What wraps the teacher in its feature mask (Algorithm 1's saliency is cached)."""
+    dm = _datamodule(config)
+    device = "cuda" if env.devices.gpus > 0 and torch.cuda.is_available() else "cpu"
+    return build_feature_mask(
+        resolve_masks(config), dm, lambda m: _network(config, dm, m), env.cache_dir, device
+    )
 
 
 def _train_unimodal(
@@ -138,10 +164,13 @@ def _train_unimodal(
     env: RunEnv,
     name: str,
     version: str,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> tuple[nn.Module, dict[str, float], dict[str, float], L.Trainer]:
     L.seed_everything(config["seed"], workers=True, verbose=False)
     dm = _datamodule(config)
     model = _network(config, dm, modality)
+    if wrap is not None:
+        model = wrap(model)
     module = UnimodalModule(
         model,
         dm.num_classes,
@@ -153,8 +182,13 @@ def _train_unimodal(
     )
     ckpt_dir = Path(env.runs_dir) / name / version / "checkpoints"
     trainer = make_trainer(
-        train["epochs"], env.devices, env.runs_dir, name, version,
-        checkpoint_dir=ckpt_dir, checkpoint_interval_s=env.checkpoint_interval_s,
+        train["epochs"],
+        env.devices,
+        env.runs_dir,
+        name,
+        version,
+        checkpoint_dir=ckpt_dir,
+        checkpoint_interval_s=env.checkpoint_interval_s,
     )
     metrics, timing = fit_and_test(trainer, module, dm, ckpt_dir)
     return model, metrics, timing, trainer
@@ -166,6 +200,7 @@ def load_or_train_teacher(
     """The frozen teacher for ``config`` and its test metrics, trained at most once."""
     identity = teacher_identity(config)
     tid = config_hash(identity)
+    wrap = _feature_mask(config, env) if "feature_mask" in identity else None
     folder = Path(env.cache_dir) / "teachers" / tid
     weights, meta_path = folder / "model.pt", folder / "meta.json"
     if tid in _TRAINED_HERE:  # under DDP every rank trained it; no rank waits on the disk
@@ -177,10 +212,12 @@ def load_or_train_teacher(
         state = None
     if state is not None:
         model = _network(config, _datamodule(config), "xa")
+        if wrap is not None:
+            model = wrap(model)
         model.load_state_dict(state)
         return model.eval(), dict(metrics)
     model, metrics, timing, trainer = _train_unimodal(
-        config, identity["train"], "xa", env, "teachers", tid
+        config, identity["train"], "xa", env, "teachers", tid, wrap
     )
     log_hparams(trainer, identity, metrics)
     if trainer.is_global_zero:
@@ -224,6 +261,9 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
         prefixed = {f"teacher/{k}": v for k, v in teacher_metrics.items()}
         if role == "teacher":
             return RunResult(prefixed, {})
+        mask = resolve_masks(config).get("feature_mask")
+        if mask and not mask["retrain_teacher"]:  # fed the masked input, not retrained on it
+            teacher = _feature_mask(config, env)(teacher)
         return _train_student(config, env, run_id, teacher, prefixed)
 
 
@@ -238,10 +278,12 @@ def _train_student(
     L.seed_everything(config["seed"], workers=True, verbose=False)
     dm = _datamodule(config)
     student = _network(config, dm, "xb")
-    distiller = None
+    distiller, sample_mask = None, None
     if config["role"] == "kd":
         spec = dict(config["distiller"])
         distiller = build_distiller(spec.pop("name"), task=dm.task, **spec)
+        mask_spec = resolve_masks(config).get("sample_mask")
+        sample_mask = SampleMask.from_spec(mask_spec) if mask_spec else None
     module = CrossModalKD(
         student,
         teacher,
@@ -252,13 +294,22 @@ def _train_student(
         lr=train["lr"],
         weight_decay=train["weight_decay"],
         optimizer=train["optimizer"],
+        sample_mask=sample_mask,
     )
+    history = MetricHistory()
     ckpt_dir = Path(env.runs_dir) / env.experiment / run_id / "checkpoints"
     trainer = make_trainer(
-        train["epochs"], env.devices, env.runs_dir, env.experiment, run_id,
-        checkpoint_dir=ckpt_dir, checkpoint_interval_s=env.checkpoint_interval_s,
+        train["epochs"],
+        env.devices,
+        env.runs_dir,
+        env.experiment,
+        run_id,
+        callbacks=[history],
+        checkpoint_dir=ckpt_dir,
+        checkpoint_interval_s=env.checkpoint_interval_s,
     )
     metrics, timing = fit_and_test(trainer, module, dm, ckpt_dir)
     metrics.update(teacher_metrics)
     log_hparams(trainer, config, metrics)
+    metrics.update(history.as_metrics())  # per-epoch curves, for figures over training
     return RunResult(metrics, timing)
