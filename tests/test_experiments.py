@@ -123,7 +123,7 @@ def test_teacher_identity_ignores_student_settings():
 
 def test_table1_reports_capacity_and_strength_of_each_modality(tmp_path, capsys):
     table1 = _load_script("table1").Table1
-    records = table1.main(["--seeds", "2", *TINY, *_dirs(tmp_path)])
+    records = table1.main(["--seeds", "2", "--datasets", "synthetic", *TINY, *_dirs(tmp_path)])
     assert len(records) == 4
     text = (tmp_path / "results" / "table1" / "table1.md").read_text()
     assert "| synthetic | 0.0012 | 0.0012 | acc |" in text
