@@ -8,9 +8,16 @@ from __future__ import annotations
 from typing import Any
 
 from datamodules.base import PairedDataModule, TensorBatchLoader
+from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
+from datamodules.ravdess import RavdessDataModule
 from datamodules.synthetic import SyntheticDataModule
 
-DATAMODULES: dict[str, type[PairedDataModule]] = {"synthetic": SyntheticDataModule}
+DATAMODULES: dict[str, type[PairedDataModule]] = {
+    "synthetic": SyntheticDataModule,
+    "mnist_m": MNISTMDataModule,
+    "digits": DigitsDataModule,
+    "ravdess": RavdessDataModule,
+}
 
 
 def build_datamodule(name: str, **overrides: Any) -> PairedDataModule:
@@ -24,7 +31,10 @@ def build_datamodule(name: str, **overrides: Any) -> PairedDataModule:
 
 __all__ = [
     "DATAMODULES",
+    "DigitsDataModule",
+    "MNISTMDataModule",
     "PairedDataModule",
+    "RavdessDataModule",
     "SyntheticDataModule",
     "TensorBatchLoader",
     "build_datamodule",

@@ -12,9 +12,10 @@ from typing import Any
 from torch import nn
 
 from models.base import ModelOutput
+from models.cnn2d import CNN2d
 from models.mlp import MLP
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn2d": CNN2d}
 
 
 def build_model(
@@ -38,4 +39,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MLP", "MODELS", "ModelOutput", "build_model", "count_parameters"]
+__all__ = ["MLP", "MODELS", "CNN2d", "ModelOutput", "build_model", "count_parameters"]

@@ -1,0 +1,349 @@
+"""RAVDESS features: log-mel spectrograms (librosa), sampled video frames (PyAV), their cache.
+
+**Audio** (:class:`LogMelSpec`). The waveform is read from the ``.wav`` (soundfile) or from
+the soundtrack of an ``.mp4`` (PyAV), mixed to mono and resampled to ``sample_rate`` with
+``librosa.resample``; the ``duration`` seconds from ``offset`` are kept (RAVDESS clips open with
+about half a second of silence), zero-padded at the end when the clip is shorter. Then
+``librosa.feature.melspectrogram`` (power 2, ``n_fft``, ``win_length``, ``hop_length``,
+``n_mels`` between ``fmin`` and ``fmax``; centred frames) and ``librosa.power_to_db`` with
+librosa's defaults (``ref=1``, ``amin=1e-10``, ``top_db=80``): a float32 ``(1, n_mels, T)`` map
+with ``T = 1 + round(duration * sample_rate) // hop_length``. The defaults (16 kHz, 25 ms
+windows every 10 ms, 64 mel bands, 3 s from 0.5 s) give ``(1, 64, 301)``.
+
+**Video** (:class:`FrameSpec`). ``n_frames`` frames are sampled evenly over the clip (frame
+``floor((j + 1/2) * N / n_frames)`` of its ``N``, the centres of ``n_frames`` equal segments),
+each centre-cropped to a square of ``crop`` times the shorter side, resized to ``size`` x
+``size`` (PIL, bilinear with antialiasing) and stacked as ``3 * n_frames`` uint8 channels
+(RGB of frame 0, then of frame 1, ...). RAVDESS films each actor from the front, centred on a
+plain background, so the centre crop holds the face and shoulders; no face detector is run
+(none is implemented: a face crop belongs in the pre-extracted form, see
+:mod:`datamodules.ravdess_released`).
+
+**Cache** (:func:`cached_features`). One ``.npz`` per feature kind and parameter set:
+``<cache_dir>/<kind>-<key>.npz`` with ``key`` the hash of the parameters (and
+:data:`FEATURE_VERSION`), holding ``ids`` (``relative path:size in bytes`` of each source file),
+``features`` and ``params``. Only clips missing from it are computed, with a tqdm progress bar,
+and the file is replaced atomically (written to a temporary file, then renamed): a reader never
+sees a half-written cache. When a clip cannot be decoded, the clips computed before it are
+saved and :class:`CorruptClipError` names the file, so a rerun after fixing it only computes
+what is left. Processes that set up at once (sweep workers, DDP ranks) extract one at a time
+under a lock file beside the cache, and the later ones find the features cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+FEATURE_VERSION = 1  # bump when the extraction changes: old caches are then not reused
+
+
+class CorruptClipError(ValueError):
+    """A clip that cannot be decoded; names the file and what went wrong."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(
+            f"{path}: {problem}. The file is damaged or incomplete: download it again "
+            f"(https://zenodo.org/record/1188976) or remove it"
+        )
+        self.path = Path(path)
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # crosses process boundaries intact
+        return type(self), (self.path, self.problem)
+
+
+# --- audio ------------------------------------------------------------------------------------
+def read_waveform(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate, from a ``.wav`` or an ``.mp4``'s soundtrack."""
+    path = Path(path)
+    if path.suffix.lower() == ".wav":
+        import soundfile
+
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return samples.mean(axis=1), int(rate)
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise CorruptClipError(path, "no audio stream (a video-only 02 file?)")
+        stream = container.streams.audio[0]
+        rate = stream.rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks = [
+            out.to_ndarray().reshape(-1)
+            for frame in container.decode(stream)
+            for out in resampler.resample(frame)
+        ]
+        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    if not chunks:
+        raise CorruptClipError(path, "its audio stream holds no samples")
+    return np.concatenate(chunks).astype(np.float32, copy=False), int(rate)
+
+
+@dataclass(frozen=True)
+class LogMelSpec:
+    """Log-mel spectrogram parameters (module doc); calling it extracts a file's features."""
+
+    sample_rate: int = 16000
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    fmin: float = 0.0
+    fmax: float | None = None
+    offset: float = 0.5
+    duration: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 1 or self.hop_length < 1 or self.n_mels < 1:
+            raise ValueError(f"audio: sample_rate, hop_length, n_mels must be >= 1: {self}")
+        if not 0 < self.win_length <= self.n_fft:
+            raise ValueError(f"audio: need 0 < win_length <= n_fft, got {self}")
+        if self.duration <= 0 or self.offset < 0:
+            raise ValueError(f"audio: need duration > 0 and offset >= 0, got {self}")
+
+    @property
+    def n_samples(self) -> int:
+        return round(self.duration * self.sample_rate)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (1, self.n_mels, 1 + self.n_samples // self.hop_length)
+
+    def from_waveform(self, samples: np.ndarray, rate: int) -> np.ndarray:
+        """``(1, n_mels, T)`` float32 log-mel power (dB) of mono ``samples`` at ``rate``."""
+        import librosa
+
+        if rate != self.sample_rate:
+            samples = librosa.resample(samples, orig_sr=rate, target_sr=self.sample_rate)
+        start = round(self.offset * self.sample_rate)
+        segment = np.zeros(self.n_samples, dtype=np.float32)
+        kept = samples[start : start + self.n_samples]
+        segment[: len(kept)] = kept
+        mel = librosa.feature.melspectrogram(
+            y=segment,
+            sr=self.sample_rate,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_length,
+            n_mels=self.n_mels,
+            fmin=self.fmin,
+            fmax=self.fmax,
+            power=2.0,
+        )
+        return librosa.power_to_db(mel).astype(np.float32)[None]
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        try:
+            return self.from_waveform(*read_waveform(path))
+        except CorruptClipError:
+            raise
+        except Exception as err:  # any decoder failure means the file cannot be used
+            raise CorruptClipError(
+                path, f"cannot read audio ({type(err).__name__}: {err})"
+            ) from err
+
+
+# --- video ------------------------------------------------------------------------------------
+def sample_indices(n_total: int, n_frames: int) -> list[int]:
+    """Frame ``floor((j + 1/2) * n_total / n_frames)`` for ``j < n_frames``: segment centres."""
+    return [min(n_total - 1, math.floor((j + 0.5) * n_total / n_frames)) for j in range(n_frames)]
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """Frame sampling parameters (module doc); calling it extracts a file's frames."""
+
+    n_frames: int = 3
+    size: int = 128
+    crop: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n_frames < 1 or self.size < 1 or not 0 < self.crop <= 1:
+            raise ValueError(f"video: need n_frames >= 1, size >= 1, 0 < crop <= 1: {self}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3 * self.n_frames, self.size, self.size)
+
+    def crop_and_resize(self, rgb: np.ndarray) -> np.ndarray:
+        """A centred square of ``crop`` times the shorter side, resized: ``(3, size, size)``."""
+        from PIL import Image
+
+        height, width = rgb.shape[:2]
+        side = max(1, round(self.crop * min(height, width)))
+        top, left = (height - side) // 2, (width - side) // 2
+        square = Image.fromarray(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
+        resized = square.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        try:
+            frames = self._decode(Path(path))
+        except CorruptClipError:
+            raise
+        except Exception as err:  # any decoder failure means the file cannot be used
+            raise CorruptClipError(
+                path, f"cannot read video ({type(err).__name__}: {err})"
+            ) from err
+        return np.concatenate([self.crop_and_resize(f) for f in frames])
+
+    def _decode(self, path: Path) -> list[np.ndarray]:
+        import av
+
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise CorruptClipError(path, "no video stream")
+            n_total = container.streams.video[0].frames
+        if n_total <= 0:  # the container does not say: count the frames first
+            with av.open(str(path)) as container:
+                n_total = sum(1 for _ in container.decode(video=0))
+        if n_total <= 0:
+            raise CorruptClipError(path, "its video stream holds no frames")
+        wanted = sample_indices(n_total, self.n_frames)
+        picked: dict[int, np.ndarray] = {}
+        last = None
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                last = frame
+                if i in wanted:
+                    picked[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+        if last is None:
+            raise CorruptClipError(path, "its video stream holds no frames")
+        if len(picked) < len(set(wanted)):  # fewer frames than the header announced
+            tail = last.to_ndarray(format="rgb24")
+            return [picked.get(i, tail) for i in wanted]
+        return [picked[i] for i in wanted]
+
+
+# --- the cache --------------------------------------------------------------------------------
+def feature_key(kind: str, spec: Any) -> str:
+    """The hash naming a cache file: the feature kind, its parameters and the code version."""
+    params = {"kind": kind, "version": FEATURE_VERSION, **asdict(spec)}
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_id(path: Path, root: Path) -> str:
+    """A source file's identity in the cache: its path under ``root`` and its size."""
+    return f"{path.relative_to(root).as_posix()}:{path.stat().st_size}"
+
+
+def cache_path(cache_dir: str | Path, kind: str, spec: Any) -> Path:
+    return Path(cache_dir) / f"{kind}-{feature_key(kind, spec)}.npz"
+
+
+def read_cache(path: Path, spec: Any) -> dict[str, np.ndarray]:
+    """``{source id: features}`` from a cache file; empty when there is none."""
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, features, params = data["ids"], data["features"], str(data["params"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path}: unreadable feature cache ({type(err).__name__}: {err}); delete it and "
+            f"the features are computed again"
+        ) from None
+    if json.loads(params) != json.loads(json.dumps(asdict(spec))):
+        raise ValueError(f"{path}: holds features for {params}, not {asdict(spec)}; delete it")
+    return dict(zip(ids.tolist(), features, strict=True))
+
+
+def write_cache(path: Path, entries: dict[str, np.ndarray], spec: Any) -> None:
+    """Write the cache atomically: a temporary file in the same folder, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = sorted(entries)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(
+                f,
+                ids=np.array(ids),
+                features=np.stack([entries[i] for i in ids]),
+                params=np.array(json.dumps(asdict(spec))),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (POSIX ``flock``): one extraction per cache file at
+    a time, when several processes (sweep workers, DDP ranks) set up at once. Without
+    ``fcntl`` (Windows) concurrent extractions are only wasteful: each writes a complete file.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_features(
+    files: Sequence[Path],
+    root: Path,
+    spec: Callable[[Path], np.ndarray],
+    kind: str,
+    cache_dir: str | Path,
+    workers: int = 0,
+) -> np.ndarray:
+    """``spec(f)`` for every file, stacked; read from the cache, computing what is missing.
+
+    ``spec`` is a :class:`LogMelSpec` or :class:`FrameSpec` (a dataclass of the parameters,
+    which keys the cache, and the extractor); ``workers > 0`` extracts in that many processes.
+    See the module doc for the file and its atomic replacement.
+    """
+    path = cache_path(cache_dir, kind, spec)
+    ids = [source_id(f, root) for f in files]
+    entries = read_cache(path, spec)
+    if all(i in entries for i in ids):
+        return np.stack([entries[i] for i in ids])
+    with _exclusive(path.with_name(f".{path.name}.lock")):
+        entries = read_cache(path, spec)  # another process may have filled it meanwhile
+        todo = sorted({i: f for i, f in zip(ids, files, strict=True) if i not in entries}.items())
+        computed: dict[str, np.ndarray] = {}
+        bar = tqdm(total=len(todo), desc=f"RAVDESS {kind} features", unit="clip")
+        try:
+            with contextlib.ExitStack() as stack:
+                if workers > 0:
+                    pool = stack.enter_context(ProcessPoolExecutor(workers))
+                    results = pool.map(spec, [f for _, f in todo], chunksize=4)
+                else:
+                    results = map(spec, [f for _, f in todo])
+                for (source, _), features in zip(todo, results, strict=False):
+                    computed[source] = features
+                    bar.update()
+        finally:
+            bar.close()
+            if computed:  # keep what was computed, even when a later clip failed
+                entries.update(computed)
+                write_cache(path, entries, spec)
+    return np.stack([entries[i] for i in ids])
