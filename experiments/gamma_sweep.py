@@ -22,6 +22,7 @@ from ntdh_bench.experiment import Experiment, RunSpec, run_config
 from ntdh_bench.plotting import plot_estimates, save_figure
 from ntdh_bench.results import metric_by
 from ntdh_bench.stats import Estimate, mean_ci
+from ntdh_bench.sweeps import pct
 from ntdh_bench.tables import Table
 
 
@@ -80,7 +81,6 @@ class GammaSweep(Experiment):
             caption="Mean ± 95% interval over seeds (n per cell shown in the CSV). "
             "Divergences between teacher and KD student on the test split, T = 1.",
         )
-        pct = lambda e: Estimate(e.mean * 100, e.half_width * 100, e.n)  # noqa: E731
         for i, gap in enumerate(self.gaps):
             table.add_row(
                 f"{gap:.1f}", pct(teacher[i]), pct(no_kd[i]), pct(kd[i]), tcjsd[i], ncjsd[i]

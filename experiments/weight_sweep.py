@@ -26,30 +26,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from ntdh_bench.claims import Verdict, slope, write_verdicts
-from ntdh_bench.experiment import CONFIG_DIR, Experiment, RunSpec, run_config
+from ntdh_bench.experiment import Experiment, RunSpec, run_config
 from ntdh_bench.plotting import plot_estimates, save_figure
 from ntdh_bench.results import config_get
 from ntdh_bench.stats import Estimate, mean_ci
+from ntdh_bench.sweeps import pct, sweep_config
 from ntdh_bench.tables import Table
 
 DEFAULT_VALUES = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
 PANELS = ("alpha", "beta")  # the weight each panel sweeps; the other is fixed
-
-
-def sweep_config(experiment: Experiment, dataset: str, section: str) -> dict[str, Any]:
-    """The dataset's config (``--full`` and ``--set`` applied), or a clear exit without one."""
-    if not (CONFIG_DIR / f"{dataset}.yaml").exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise SystemExit(
-            f"--dataset {dataset}: there is no {CONFIG_DIR / (dataset + '.yaml')}; datasets "
-            f"with a config: {known}. Add the dataset's config (with a '{section}' section) "
-            "to run this experiment on it."
-        )
-    return experiment.dataset_config(dataset)
-
-
-def pct(e: Estimate) -> Estimate:
-    return Estimate(e.mean * 100, e.half_width * 100, e.n)
 
 
 class WeightSweep(Experiment):

@@ -49,3 +49,18 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def log_figure(fig: Figure, log_dir: str | Path, tag: str, step: int = 0) -> None:
+    """Add ``fig`` to TensorBoard as image ``tag`` under ``log_dir`` (the figure stays open).
+
+    Experiments log their report figures to ``runs/<experiment>/figures``, beside the runs'
+    own logs, so that ``make tensorboard`` shows them under the Images tab.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        writer.add_figure(tag, fig, global_step=step, close=False)
+    finally:
+        writer.close()

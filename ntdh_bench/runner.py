@@ -61,7 +61,7 @@ from ntdh_bench.training import (
 )
 
 ROLES = ("teacher", "unimodal", "student", "kd")
-# Teachers trained by this process, by identity hash: reused without reading the cache back.
+# Teachers trained by this process, by cache folder: reused without reading the cache back.
 _TRAINED_HERE: dict[str, tuple[dict[str, torch.Tensor], dict[str, float]]] = {}
 TRAIN_DEFAULTS = {"epochs": 30, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adam"}
 
@@ -203,8 +203,8 @@ def load_or_train_teacher(
     wrap = _feature_mask(config, env) if "feature_mask" in identity else None
     folder = Path(env.cache_dir) / "teachers" / tid
     weights, meta_path = folder / "model.pt", folder / "meta.json"
-    if tid in _TRAINED_HERE:  # under DDP every rank trained it; no rank waits on the disk
-        state, metrics = _TRAINED_HERE[tid]
+    if str(folder) in _TRAINED_HERE:  # under DDP every rank trained it; none waits on disk
+        state, metrics = _TRAINED_HERE[str(folder)]
     elif weights.exists() and meta_path.exists():
         state = torch.load(weights, map_location="cpu", weights_only=True)
         metrics = json.loads(meta_path.read_text())["metrics"]
@@ -228,7 +228,7 @@ def load_or_train_teacher(
             json.dumps({"identity": identity, "metrics": metrics, "timing": timing}, indent=2),
         )
     model = model.cpu().eval()
-    _TRAINED_HERE[tid] = ({k: v.clone() for k, v in model.state_dict().items()}, metrics)
+    _TRAINED_HERE[str(folder)] = ({k: v.clone() for k, v in model.state_dict().items()}, metrics)
     return model, metrics
 
 

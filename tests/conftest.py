@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
 import lightning as L
 import pytest
 
@@ -27,3 +33,54 @@ def lean_trainer(tmp_path):
         )
 
     return build
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Overrides that shrink the synthetic experiments to seconds (schedules and data size).
+TINY_SYNTHETIC = (
+    "--set", "teacher.epochs=2", "--set", "student.epochs=2",
+    "--set", "dataset.n_samples=600", "--set", "dataset.n_train=400",
+)  # fmt: skip
+
+
+def load_experiment(script: str) -> ModuleType:
+    """Import ``experiments/<script>.py`` (a script, not a package) once per session."""
+    name = f"experiments_{script}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture
+def experiment_script() -> Callable[[str], ModuleType]:
+    """``experiment_script("gamma_sweep").GammaSweep``: an experiment script's module."""
+    return load_experiment
+
+
+@pytest.fixture
+def tiny_args() -> list[str]:
+    """Command-line overrides that shrink a synthetic experiment to seconds."""
+    return list(TINY_SYNTHETIC)
+
+
+def output_dirs(root: Path) -> list[str]:
+    return [
+        "--results-dir", str(root / "results"), "--runs-dir", str(root / "runs"),
+        "--cache-dir", str(root / "cache"),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def dirs_under() -> Callable[[Path], list[str]]:
+    """``dirs_under(root)``: the results / runs / cache flags for an experiment under root."""
+    return output_dirs
+
+
+@pytest.fixture
+def out_dirs(tmp_path) -> list[str]:
+    """The results / runs / cache flags for an experiment under ``tmp_path``."""
+    return output_dirs(tmp_path)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from ntdh_bench.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-from gamma_sweep import GammaSweep
 
-
-def test_status_reports_a_finished_sweep_and_fails_on_a_missing_one(tmp_path, capsys):
-    GammaSweep.main(
+def test_status_reports_a_finished_sweep_and_fails_on_a_missing_one(
+    tmp_path, capsys, experiment_script
+):
+    experiment_script("gamma_sweep").GammaSweep.main(
         [
             "--seeds",
             "1",

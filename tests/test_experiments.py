@@ -2,52 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from ntdh_bench.experiment import apply_overrides, load_config, run_config
 from ntdh_bench.results import ResultStore
 from ntdh_bench.runner import RunEnv, RunResult, execute_run, teacher_identity
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "--set",
-    "teacher.epochs=2",
-    "--set",
-    "student.epochs=2",
-    "--set",
-    "dataset.n_samples=600",
-    "--set",
-    "dataset.n_train=400",
-]
 
-
-def _load_script(name: str):
-    path = ROOT / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _dirs(tmp_path) -> list[str]:
-    return [
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-
-
-def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(tmp_path, capsys):
-    fig3 = _load_script("gamma_sweep").GammaSweep
-    argv = ["--seeds", "2", "--gaps", "0", "1", *TINY, *_dirs(tmp_path)]
+def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(
+    tmp_path, capsys, experiment_script, tiny_args, out_dirs
+):
+    fig3 = experiment_script("gamma_sweep").GammaSweep
+    argv = ["--seeds", "2", "--gaps", "0", "1", *tiny_args, *out_dirs]
     records = fig3.main(argv)
     assert len(records) == 2 * 2 * 3  # seeds x gaps x (teacher, no-KD, KD)
     out = tmp_path / "results" / "fig3"
@@ -65,9 +31,11 @@ def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(tmp_path, caps
     assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in records)
 
 
-def test_failed_runs_are_recorded_and_retried_on_request(tmp_path, capsys):
-    fig3 = _load_script("gamma_sweep").GammaSweep
-    argv = ["--seeds", "1", "--gaps", "0", *TINY, *_dirs(tmp_path)]
+def test_failed_runs_are_recorded_and_retried_on_request(
+    tmp_path, capsys, experiment_script, tiny_args, out_dirs
+):
+    fig3 = experiment_script("gamma_sweep").GammaSweep
+    argv = ["--seeds", "1", "--gaps", "0", *tiny_args, *out_dirs]
     experiment = fig3(fig3.parser().parse_args(argv))
 
     def flaky(config, env, run_id):
@@ -93,16 +61,16 @@ def test_failed_runs_are_recorded_and_retried_on_request(tmp_path, capsys):
     assert calls == ["student"]
 
 
-def test_dry_run_lists_the_grid_without_running(tmp_path, capsys):
-    fig3 = _load_script("gamma_sweep").GammaSweep
-    fig3.main(["--seeds", "1", "--gaps", "0", "0.5", "--dry-run", *_dirs(tmp_path)])
+def test_dry_run_lists_the_grid_without_running(tmp_path, capsys, experiment_script, out_dirs):
+    fig3 = experiment_script("gamma_sweep").GammaSweep
+    fig3.main(["--seeds", "1", "--gaps", "0", "0.5", "--dry-run", *out_dirs])
     out = capsys.readouterr().out
     assert "6 runs: 0 done or skipped, 6 to run" in out
     assert not (tmp_path / "results" / "fig3" / "runs.jsonl").exists()
 
 
-def test_same_config_and_seed_give_the_same_numbers(tmp_path):
-    base = apply_overrides(load_config("synthetic"), [s for s in TINY if s != "--set"])
+def test_same_config_and_seed_give_the_same_numbers(tmp_path, tiny_args):
+    base = apply_overrides(load_config("synthetic"), [s for s in tiny_args if s != "--set"])
     config = run_config(base, "kd", seed=1, dataset={"gap": 0.4, "data_seed": 1})
     first = execute_run(config, RunEnv(tmp_path / "r1", tmp_path / "c1"))
     second = execute_run(config, RunEnv(tmp_path / "r2", tmp_path / "c2"))
@@ -121,21 +89,23 @@ def test_teacher_identity_ignores_student_settings():
     assert teacher_identity(kd) != teacher_identity(run_config(base, "kd", 0, {"gap": 0.4}))
 
 
-def test_table1_reports_capacity_and_strength_of_each_modality(tmp_path, capsys):
-    table1 = _load_script("table1").Table1
-    records = table1.main(["--seeds", "2", "--datasets", "synthetic", *TINY, *_dirs(tmp_path)])
+def test_table1_reports_capacity_and_strength_of_each_modality(
+    tmp_path, capsys, experiment_script, tiny_args, out_dirs
+):
+    table1 = experiment_script("table1").Table1
+    records = table1.main(["--seeds", "2", "--datasets", "synthetic", *tiny_args, *out_dirs])
     assert len(records) == 4
     text = (tmp_path / "results" / "table1" / "table1.md").read_text()
     assert "| synthetic | 0.0012 | 0.0012 | acc |" in text
     assert "±" in text
 
 
-def test_bad_command_lines_fail_clearly(tmp_path):
-    fig3 = _load_script("gamma_sweep").GammaSweep
+def test_bad_command_lines_fail_clearly(tmp_path, experiment_script, tiny_args, out_dirs):
+    fig3 = experiment_script("gamma_sweep").GammaSweep
     with pytest.raises(SystemExit):
-        fig3.main(["--seeds", "0", *_dirs(tmp_path)])
+        fig3.main(["--seeds", "0", *out_dirs])
     with pytest.raises(ValueError, match="key=value"):
-        fig3.main(["--set", "student.epochs", *_dirs(tmp_path)])
+        fig3.main(["--set", "student.epochs", *out_dirs])
     with pytest.raises(ValueError, match=r"gap must lie in \[0, 1\]"):
-        fig3.main(["--gaps", "2", "--seeds", "1", *TINY, *_dirs(tmp_path)])
+        fig3.main(["--gaps", "2", "--seeds", "1", *tiny_args, *out_dirs])
     assert not (tmp_path / "results" / "fig3" / "runs.jsonl").exists()  # nothing ran

@@ -17,30 +17,11 @@ from ntdh_bench.results import ResultStore
 from ntdh_bench.status import sweep_status
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
-from gamma_sweep import GammaSweep  # noqa: E402
-
-TINY = [
-    "--set",
-    "teacher.epochs=2",
-    "--set",
-    "student.epochs=2",
-    "--set",
-    "dataset.n_samples=600",
-    "--set",
-    "dataset.n_train=400",
-]
 
 
-def _dirs(root: Path) -> list[str]:
-    return [
-        "--results-dir",
-        str(root / "results"),
-        "--runs-dir",
-        str(root / "runs"),
-        "--cache-dir",
-        str(root / "cache"),
-    ]
+@pytest.fixture
+def fig3(experiment_script):
+    return experiment_script("gamma_sweep").GammaSweep
 
 
 def _metrics_by_run(root: Path) -> dict[str, dict[str, float]]:
@@ -49,10 +30,12 @@ def _metrics_by_run(root: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def test_pool_workers_pinned_to_devices_match_the_serial_results(tmp_path):
-    argv = ["--seeds", "1", "--gaps", "0", "1", *TINY]
-    GammaSweep.main([*argv, *_dirs(tmp_path / "serial")])
-    pooled = GammaSweep(GammaSweep.parser().parse_args([*argv, *_dirs(tmp_path / "pool")]))
+def test_pool_workers_pinned_to_devices_match_the_serial_results(
+    tmp_path, fig3, tiny_args, dirs_under
+):
+    argv = ["--seeds", "1", "--gaps", "0", "1", *tiny_args]
+    fig3.main([*argv, *dirs_under(tmp_path / "serial")])
+    pooled = fig3(fig3.parser().parse_args([*argv, *dirs_under(tmp_path / "pool")]))
     pooled.launcher = lambda: PoolLauncher(2, device_ids=["0", "1"], use_gpu=False)
     pooled.run()
     records = ResultStore(tmp_path / "pool" / "results" / "fig3").done_records()
@@ -64,19 +47,19 @@ def test_pool_workers_pinned_to_devices_match_the_serial_results(tmp_path):
         assert metrics == pytest.approx(serial[run_id], rel=1e-5), run_id
 
 
-def test_cpu_worker_pool_from_the_command_line(tmp_path):
-    records = GammaSweep.main(
-        ["--seeds", "1", "--gaps", "0.5", "--workers", "2", *TINY, *_dirs(tmp_path)]
+def test_cpu_worker_pool_from_the_command_line(tmp_path, fig3, tiny_args, dirs_under):
+    records = fig3.main(
+        ["--seeds", "1", "--gaps", "0.5", "--workers", "2", *tiny_args, *dirs_under(tmp_path)]
     )
     assert len(records) == 3 and all(r["status"] == "done" for r in records)
 
 
-def test_status_counts_done_failed_and_pending(tmp_path, capsys):
-    argv = ["--seeds", "1", "--gaps", "0", "1", *TINY, *_dirs(tmp_path)]
-    GammaSweep.main(["--seeds", "1", "--gaps", "0", *TINY, *_dirs(tmp_path)])  # half the grid
+def test_status_counts_done_failed_and_pending(tmp_path, capsys, fig3, tiny_args, dirs_under):
+    argv = ["--seeds", "1", "--gaps", "0", "1", *tiny_args, *dirs_under(tmp_path)]
+    fig3.main(["--seeds", "1", "--gaps", "0", *tiny_args, *dirs_under(tmp_path)])  # half the grid
     with pytest.raises(FileNotFoundError, match="no sweep has started"):
         sweep_status(tmp_path / "results" / "nothing")
-    experiment = GammaSweep(GammaSweep.parser().parse_args(argv))
+    experiment = fig3(fig3.parser().parse_args(argv))
     from ntdh_bench.status import write_grid
 
     write_grid(experiment.results_dir, "fig3", experiment.specs())
@@ -93,7 +76,7 @@ def test_status_counts_done_failed_and_pending(tmp_path, capsys):
     assert (status.total, status.done, status.failed, len(status.running)) == (6, 3, 0, 0)
     assert status.pending == 3 and status.interrupted == 1
     assert status.eta_s > 0
-    GammaSweep.main([*argv, "--status"])
+    fig3.main([*argv, "--status"])
     out = capsys.readouterr().out
     assert "done     3" in out and "pending  3" in out and "ETA" in out
 
@@ -105,12 +88,12 @@ def test_only_rank_zero_records(monkeypatch):
 
 
 @pytest.mark.slow
-def test_submitit_local_executor_runs_array_jobs(tmp_path):
+def test_submitit_local_executor_runs_array_jobs(tmp_path, fig3, tiny_args, dirs_under):
     pytest.importorskip("submitit")
     from ntdh_bench.launchers import SlurmOptions, SubmititLauncher
 
-    experiment = GammaSweep(
-        GammaSweep.parser().parse_args(["--seeds", "1", "--gaps", "0", *TINY, *_dirs(tmp_path)])
+    experiment = fig3(
+        fig3.parser().parse_args(["--seeds", "1", "--gaps", "0", *tiny_args, *dirs_under(tmp_path)])
     )
     experiment.launcher = lambda: SubmititLauncher(
         SlurmOptions(cluster="local", gpus_per_job=0, time_min=10)
@@ -121,7 +104,9 @@ def test_submitit_local_executor_runs_array_jobs(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_results(tmp_path):
+def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_results(
+    tmp_path, fig3, dirs_under
+):
     grid = [
         "--seeds",
         "2",
@@ -139,11 +124,16 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
         "--set",
         "dataset.n_train=1000",
     ]
-    GammaSweep.main([*grid, *_dirs(tmp_path / "clean")])
+    fig3.main([*grid, *dirs_under(tmp_path / "clean")])
     expected = _metrics_by_run(tmp_path / "clean")
 
     killed = tmp_path / "killed"
-    command = [sys.executable, str(ROOT / "experiments" / "gamma_sweep.py"), *grid, *_dirs(killed)]
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / "gamma_sweep.py"),
+        *grid,
+        *dirs_under(killed),
+    ]
     proc = subprocess.Popen(
         command,
         cwd=ROOT,
@@ -162,7 +152,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
     proc.wait()
     assert 4 <= len(store.done_ids()) < len(expected), "the kill missed the middle of the sweep"
 
-    GammaSweep.main([*grid, *_dirs(killed)])
+    fig3.main([*grid, *dirs_under(killed)])
     lines = [json.loads(x) for x in store.path.read_text().splitlines() if x.strip()]
     per_run = {}
     for record in lines:
@@ -173,7 +163,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
 
 
 @pytest.mark.slow
-def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path):
+def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path, tiny_args, dirs_under):
     command = [
         sys.executable,
         str(ROOT / "experiments" / "gamma_sweep.py"),
@@ -185,8 +175,8 @@ def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path):
         "--ddp",
         "--cpu-ddp",
         "2",
-        *TINY,
-        *_dirs(tmp_path),
+        *tiny_args,
+        *dirs_under(tmp_path),
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from ntdh_bench.callbacks import curve
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--set",
     "teacher.epochs=2",
@@ -27,30 +22,12 @@ TINY = [
 ]
 
 
-def _load_script(name: str):
-    path = ROOT / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _dirs(tmp_path) -> list[str]:
-    return [
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--runs-dir",
-        str(tmp_path / "runs"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
-
-
-def test_weight_sweep_writes_both_panels_tables_and_the_beta_verdict(tmp_path, capsys):
-    fig6 = _load_script("weight_sweep").WeightSweep
+def test_weight_sweep_writes_both_panels_tables_and_the_beta_verdict(
+    tmp_path, capsys, experiment_script, out_dirs
+):
+    fig6 = experiment_script("weight_sweep").WeightSweep
     argv = ["--dataset", "synthetic", "--gaps", "0", "1", "--values", "0", "8", *TINY]
-    records = fig6.main([*argv, *_dirs(tmp_path)])
+    records = fig6.main([*argv, *out_dirs])
     # per seed (2) and gap (2): teacher, no-KD, and (alpha, beta) in {(0,1), (8,1), (1,0), (1,8)}
     assert len(records) == 2 * 2 * 6
     kd = [r for r in records if r["config"]["role"] == "kd"]
@@ -67,15 +44,17 @@ def test_weight_sweep_writes_both_panels_tables_and_the_beta_verdict(tmp_path, c
     printed = capsys.readouterr().out
     assert "larger beta hurts at gap 1: beta = 0:" in printed
     lines = (out / "runs.jsonl").read_text().count("\n")
-    fig6.main([*argv, *_dirs(tmp_path)])  # a rerun runs nothing
+    fig6.main([*argv, *out_dirs])  # a rerun runs nothing
     assert (out / "runs.jsonl").read_text().count("\n") == lines
 
 
 @pytest.mark.parametrize("mask", ["feature", "sample"])
-def test_mask_sweep_writes_fig8_fig13_and_the_ordering_verdict(tmp_path, capsys, mask):
-    fig8 = _load_script("mask_sweep").MaskSweep
+def test_mask_sweep_writes_fig8_fig13_and_the_ordering_verdict(
+    tmp_path, capsys, mask, experiment_script, out_dirs
+):
+    fig8 = experiment_script("mask_sweep").MaskSweep
     argv = ["--dataset", "synthetic", "--mask", mask, "--gaps", "0.5", "--ratios", "0.25", "0.5"]
-    records = fig8.main([*argv, *TINY, *_dirs(tmp_path)])
+    records = fig8.main([*argv, *TINY, *out_dirs])
     pssm = 1 if mask == "sample" else 0
     assert len(records) == 2 * (3 + 2 * 3 + pssm)  # seeds x (teacher, no-KD, KD, masked)
     masked = [r for r in records if r["config"].get(f"{mask}_mask")]
@@ -105,23 +84,27 @@ def test_mask_sweep_writes_fig8_fig13_and_the_ordering_verdict(tmp_path, capsys,
         assert all(f for f in fractions)
 
 
-def test_mask_sweep_interpolates_a_claim_ratio_missing_from_the_grid(tmp_path, capsys):
-    fig8 = _load_script("mask_sweep").MaskSweep
+def test_mask_sweep_interpolates_a_claim_ratio_missing_from_the_grid(
+    tmp_path, capsys, experiment_script, out_dirs
+):
+    fig8 = experiment_script("mask_sweep").MaskSweep
     argv = ["--seeds", "1", "--gaps", "0.5", "--ratios", "0.2", "0.3", "0.5", *TINY]
-    fig8.main([*argv, *_dirs(tmp_path)])
+    fig8.main([*argv, *out_dirs])
     assert "(interpolated between grid ratios)" in capsys.readouterr().out
 
 
-def test_sweeps_name_the_missing_dataset_config(tmp_path):
+def test_sweeps_name_the_missing_dataset_config(tmp_path, experiment_script, out_dirs):
     for script, cls in (("weight_sweep", "WeightSweep"), ("mask_sweep", "MaskSweep")):
-        experiment = getattr(_load_script(script), cls)
+        experiment = getattr(experiment_script(script), cls)
         with pytest.raises(SystemExit, match=r"no .*nosuchdata\.yaml.*synthetic"):
-            experiment.main(["--dataset", "nosuchdata", *_dirs(tmp_path)])
+            experiment.main(["--dataset", "nosuchdata", *out_dirs])
 
 
-def test_mask_sweep_configs_record_whether_the_teacher_is_retrained(tmp_path):
-    fig8 = _load_script("mask_sweep").MaskSweep
-    argv = ["--seeds", "1", "--gaps", "0.5", "--ratios", "0.5", *TINY, *_dirs(tmp_path)]
+def test_mask_sweep_configs_record_whether_the_teacher_is_retrained(
+    tmp_path, experiment_script, out_dirs
+):
+    fig8 = experiment_script("mask_sweep").MaskSweep
+    argv = ["--seeds", "1", "--gaps", "0.5", "--ratios", "0.5", *TINY, *out_dirs]
     for option, expected in (
         ([], True),
         (["--set", "mask_sweep.feature_mask.retrain_teacher=false"], False),
