@@ -1,0 +1,27 @@
+"""The weight sweep end to end on a RAVDESS fixture in the published layout (wav + mp4)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "datamodules"))
+from ravdess_fixtures import write_ravdess
+
+
+def test_quick_weight_sweep_runs_on_a_ravdess_fixture(
+    tmp_path, monkeypatch, experiment_script, out_dirs
+):
+    write_ravdess(tmp_path / "data" / "ravdess")
+    monkeypatch.setenv("NTDH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("NTDH_CACHE", str(tmp_path / "cache"))
+    fig7b = experiment_script("weight_sweep").WeightSweep
+    argv = ["--dataset", "ravdess", "--seeds", "1", "--values", "0", "8"]
+    argv += ["--set", "teacher.epochs=1", "--set", "student.epochs=1", *out_dirs]
+    records = fig7b.main(argv)
+    roles = sorted(r["config"]["role"] for r in records)
+    assert roles == ["kd"] * 4 + ["student", "teacher"]  # alpha and beta each at 0 and 8
+    out = tmp_path / "results" / "weight_sweep_ravdess"
+    for name in ("weight_sweep.md", "weight_sweep.csv", "weight_sweep.tex", "weight_sweep.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert all(r["config"]["model"]["name"] == "cnn2d" for r in records)
