@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install test test-slow lint format demo fig3 fig6 fig8 table1 table2 tensorboard bench clean help
+.PHONY: install test test-slow lint format demo fig3 fig6 fig8 table1 table2 table3 tensorboard bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -57,6 +57,9 @@ DATASET ?= mnist_m
 
 table2: $(STAMP)  ## Table II, Figs. 9a, 10: six KD methods x feature masks (DATASET=digits offline)
 	$(PY) experiments/table2.py --dataset $(DATASET) --workers $(WORKERS) $(ARGS)
+
+table3: $(STAMP)  ## Table III, Fig. 9b: the six KD methods x feature masks on RAVDESS
+	$(PY) experiments/table3.py $(ARGS)
 
 tensorboard: $(STAMP)  ## open the TensorBoard logs of every run
 	$(VENV)/bin/tensorboard --logdir runs

@@ -25,3 +25,27 @@ def test_quick_weight_sweep_runs_on_a_ravdess_fixture(
     for name in ("weight_sweep.md", "weight_sweep.csv", "weight_sweep.tex", "weight_sweep.png"):
         assert (out / name).stat().st_size > 0, name
     assert all(r["config"]["model"]["name"] == "cnn2d" for r in records)
+
+
+def test_quick_table3_on_a_ravdess_fixture_writes_the_paper_layout(
+    tmp_path, monkeypatch, experiment_script, out_dirs, capsys
+):
+    write_ravdess(tmp_path / "data" / "ravdess")
+    monkeypatch.setenv("NTDH_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("NTDH_CACHE", str(tmp_path / "cache"))
+    table3 = experiment_script("table3").Table3
+    argv = ["--quick", "--seeds", "1", "--methods", "dkd", "sp", "--ratios", "0.5", *out_dirs]
+    records = table3.main(argv)
+    # teacher, 3 masked teachers, no-KD student, 2 unmasked KD, 2 methods x 3 kinds masked KD
+    assert len(records) == 1 + 3 + 1 + 2 + 2 * 3
+    out = tmp_path / "results" / "table3"
+    for name in ("table3.md", "table3.csv", "table3.tex", "fig9b.png", "verdicts.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "fig10.png").exists()  # no 28x28 input to draw masks on
+    text = (out / "table3.md").read_text()
+    assert "Table III" in text and "| w/o KD |" in text and "| DKD | SP |" in text
+    assert all(
+        r["config"]["feature_mask"]["layer"] == "fc.1"
+        for r in records
+        if "feature_mask" in r["config"]
+    )
