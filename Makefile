@@ -37,12 +37,12 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 WORKERS ?= 2
 
 demo: $(STAMP)  ## Figs. 3, 6 and 8 on synthetic data, quick size, each paper claim checked
-	$(PY) experiments/gamma_sweep.py --workers $(WORKERS) $(ARGS)
+	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/weight_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/mask_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
 
 fig3: $(STAMP)  ## Fig. 3: KD against the domain gap (ARGS="--full --seeds 5" for the paper's size)
-	$(PY) experiments/gamma_sweep.py --workers $(WORKERS) $(ARGS)
+	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
 
 fig6: $(STAMP)  ## Fig. 6: weight adjustment, alpha and beta swept across gaps
 	$(PY) experiments/weight_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)

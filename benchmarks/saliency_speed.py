@@ -2,7 +2,7 @@
 
 Scores every one of 784 input features (an MNIST-sized input) with M = 10 permutations: the
 plain loop builds one permuted input and runs one forward per feature and repeat (7,840
-forwards); :func:`ntdh_bench.masking.permutation_saliency` runs the permuted copies in
+forwards); :func:`ntdh_bench.masking.compute_saliency` runs the permuted copies in
 chunked batched forwards, enters them after the network's first linear layer (a rank-1 update
 of its output), and computes the student's half of the NCJSD once. Both use the same
 permutations, so their results must agree to rounding; the script checks that and prints the
@@ -20,7 +20,7 @@ import time
 import torch
 
 from models.mlp import MLP
-from ntdh_bench.masking import permutation_saliency, permutation_saliency_loop
+from ntdh_bench.masking import compute_saliency, saliency_loop
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="M, permutations per feature")
     parser.add_argument("--hidden", type=int, nargs="+", default=[16, 16])
     parser.add_argument("--rounds", type=int, default=3, help="vectorised timing: best of N")
+    parser.add_argument("--reading", choices=("permuted", "ablation"), default="permuted")
     parser.add_argument(
         "--loop-items",
         type=int,
@@ -47,25 +48,25 @@ def main() -> None:
     f_b = MLP(d, c, args.hidden).eval()
     with torch.no_grad():
         reference = f_b(torch.randn(n, d)).logits
-    common = dict(repeats=args.repeats, seed=0)
+    common = dict(reading=args.reading, repeats=args.repeats, seed=0)
 
-    permutation_saliency(f_a, xa[:64], reference[:64], target[:64], **common)  # warm-up
+    compute_saliency(f_a, xa[:64], reference[:64], target[:64], **common)  # warm-up
     fast_s = fast_cpu = float("inf")
     for _ in range(args.rounds):  # best of a few: the machine may be shared
         start, cpu = time.perf_counter(), time.process_time()
-        fast = permutation_saliency(f_a, xa, reference, target, **common)
+        fast = compute_saliency(f_a, xa, reference, target, **common)
         fast_s = min(fast_s, time.perf_counter() - start)
         fast_cpu = min(fast_cpu, time.process_time() - cpu)
 
     items = args.loop_items or d
     start, cpu = time.perf_counter(), time.process_time()
-    loop = permutation_saliency_loop(f_a, xa, reference, target, items=items, **common)
+    loop = saliency_loop(f_a, xa, reference, target, items=items, **common)
     scale = d / items
     loop_s, loop_cpu = (time.perf_counter() - start) * scale, (time.process_time() - cpu) * scale
 
-    gap = float((fast.permuted[:items] - loop.permuted).abs().max())
+    gap = float((fast.perturbed[:items] - loop.perturbed).abs().max())
     print(
-        f"saliency of {d} features, M = {args.repeats}, n = {n}, {c} classes, "
+        f"{args.reading} saliency of {d} features, M = {args.repeats}, n = {n}, {c} classes, "
         f"MLP {d}-{'-'.join(map(str, args.hidden))}-{c}, {torch.get_num_threads()} threads"
     )
     scaled = "" if items == d else f" (timed on {items} features, scaled)"

@@ -16,14 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ntdh_bench.experiment import load_config, run_config
+from ntdh_bench.config import dataset_config, run_config
 from ntdh_bench.launchers import PoolLauncher, SerialLauncher, Sweep
 from ntdh_bench.results import ResultStore, config_hash
 from ntdh_bench.runner import RunEnv
 
 
 def grid(runs: int, epochs: int) -> list[tuple[dict, str]]:
-    base = load_config("synthetic")
+    base = dataset_config("synthetic")
     base["teacher"]["epochs"] = epochs
     configs = [
         run_config(base, "unimodal", seed, {"gap": 0.5, "data_seed": seed}, modality="xb")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from datamodules.base import PairedDataModule, TensorBatchLoader
+from datamodules.base import IGNORE_INDEX, PairedDataModule, TensorBatchLoader
 from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
 from datamodules.ravdess import RavdessDataModule
 from datamodules.synthetic import SyntheticDataModule
@@ -31,6 +31,7 @@ def build_datamodule(name: str, **overrides: Any) -> PairedDataModule:
 
 __all__ = [
     "DATAMODULES",
+    "IGNORE_INDEX",
     "DigitsDataModule",
     "MNISTMDataModule",
     "PairedDataModule",

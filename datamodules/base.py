@@ -23,6 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 SPLITS = ("train", "val", "test")
+IGNORE_INDEX = 255  # the label of dense items (pixels, points, voxels) without a class
 REQUIRED_KEYS = ("xa", "xb", "y")
 
 

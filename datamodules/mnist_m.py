@@ -42,7 +42,7 @@ per modality, ``x <- clip(x + level * U[0, 1], 0, 1)``, levels given by ``noise`
 modality name. The defaults are the released code's (``noise_level = 1.5`` on MNIST-M and three
 times that on MNIST). The noise is drawn once per sample from ``data_seed`` (the released code
 redraws it at every epoch), so the inputs are fixed and the frozen teacher's outputs and the
-masks' saliencies are defined on them. :func:`datamodules.strength.modality_strength` trains the
+masks' saliencies are defined on them. :func:`ntdh_bench.strength.modality_strength` trains the
 network on each modality alone (Table I's row) so that the levels can be tuned.
 
 **Splits.** MNIST's 60000 training and 10000 test images; the validation split *is* the test
@@ -62,7 +62,6 @@ config's schedule, close to the paper's 69.1% for MNIST / MNIST-M. Its modalitie
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +83,7 @@ from datamodules.mnist_m_generate import (
     find_backgrounds,
     generate_split,
 )
+from ntdh_core import paths
 
 MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -96,7 +96,7 @@ _CHUNK = 8192  # rows converted to float at a time (bounds the memory of the noi
 
 def data_root(root: str | Path | None = None) -> Path:
     """The data root: ``root``, else ``$NTDH_DATA``, else ``./data``."""
-    return Path(root if root is not None else os.environ.get("NTDH_DATA", "data"))
+    return Path(root) if root is not None else paths.data_root()
 
 
 def mnist_raw_dir(mnist_root: str | Path) -> Path:
@@ -367,7 +367,7 @@ class MNISTMDataModule(PairedDigitsDataModule):
         self.mnist_root = Path(mnist_root) if mnist_root is not None else base / "mnist"
         self.bsds = Path(bsds) if bsds is not None else base / "bsds"
         self.published = Path(published) if published is not None else None
-        default_cache = Path(os.environ.get("NTDH_CACHE", "cache")) / "mnist_m"
+        default_cache = paths.cache_root() / "mnist_m"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache
         self.download = download
         self.blend_seed = blend_seed

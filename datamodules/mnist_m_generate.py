@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ntdh_core.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -191,11 +192,10 @@ def _read_cache(path: Path, n: int) -> np.ndarray | None:
 
 def _write_cache(path: Path, images: np.ndarray, key: dict[str, object]) -> None:
     """Write ``images`` (and the key, for people reading the cache) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, images=images, key=np.array(json.dumps(key, sort_keys=True)))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    key_text = np.array(json.dumps(key, sort_keys=True))
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.savez(f, images=images, key=key_text)
+
+    atomic_write(path, save)

@@ -39,7 +39,6 @@ channel for the frames (the released code uses fixed constants to the same end).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -68,13 +67,14 @@ from datamodules.ravdess_released import (
     released_layout,
     released_shapes,
 )
+from ntdh_core import paths
 
 ZENODO_URL = "https://zenodo.org/record/1188976"
 
 
 def data_root(root: str | Path | None = None) -> Path:
     """The data root: ``root``, else ``$NTDH_DATA``, else ``./data``."""
-    return Path(root if root is not None else os.environ.get("NTDH_DATA", "data"))
+    return Path(root) if root is not None else paths.data_root()
 
 
 def _spec(cls: type, overrides: Mapping[str, Any] | None, what: str) -> Any:
@@ -142,7 +142,7 @@ class RavdessDataModule(PairedDataModule):
         self.audio_spec = _spec(LogMelSpec, audio, "audio")
         self.video_spec = _spec(FrameSpec, video, "video")
         self.normalize = normalize
-        default_cache = Path(os.environ.get("NTDH_CACHE", "cache")) / "ravdess"
+        default_cache = paths.cache_root() / "ravdess"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache
         self.extract_workers = extract_workers
         self.stats: dict[str, tuple[Tensor, Tensor]] = {}

@@ -36,8 +36,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +45,8 @@ from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from ntdh_core.io import atomic_write
 
 FEATURE_VERSION = 1  # bump when the extraction changes: old caches are then not reused
 
@@ -269,22 +269,18 @@ def read_cache(path: Path, spec: Any) -> dict[str, np.ndarray]:
 
 def write_cache(path: Path, entries: dict[str, np.ndarray], spec: Any) -> None:
     """Write the cache atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted(entries)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
+
+    def save(tmp: Path) -> None:
+        with tmp.open("xb") as f:
             np.savez(
                 f,
                 ids=np.array(ids),
                 features=np.stack([entries[i] for i in ids]),
                 params=np.array(json.dumps(asdict(spec))),
             )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, save)
 
 
 @contextlib.contextmanager

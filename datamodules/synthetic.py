@@ -113,6 +113,19 @@ class SyntheticDataModule(PairedDataModule):
         self.n_train = n_train
         check_gap_args(gap, window, n_features, n_informative)  # fail now, not inside a Trainer
 
+    def oracle_feature_sets(self) -> dict[str, Tensor]:
+        """The columns of ``xa`` by what they carry, known here only because the data is made:
+        ``shared`` (decisive columns the student sees too), ``specific`` (decisive columns only
+        the teacher sees) and ``noise``. The oracle feature masks read them."""
+        window = self.generator_args["window"]
+        shift = round(window * self.generator_args["gap"])
+        columns = torch.arange(self.generator_args["n_features"])
+        return {
+            "shared": columns[: window - shift],
+            "specific": columns[window - shift : window],
+            "noise": columns[window:],
+        }
+
     def build_split_tensors(self) -> dict[str, dict[str, Tensor]]:
         xa, xb, y = make_gap_modalities(**self.generator_args)
         n = self.n_train

@@ -1,10 +1,17 @@
-"""Lightning callbacks of the suite.
+"""Lightning callbacks of the suite; each works with any ``Trainer`` around ``CrossModalKD``.
 
-:class:`MetricHistory` keeps the per-epoch validation curves (TCJSD and NCJSD between teacher and
-student, the task metric, the masked fraction) of a run, so that figures over training (the
-paper's Fig. 13) can be drawn from the result store, which reports read instead of TensorBoard
-files. The curves travel in the run's flat metrics dict as ``history/<name>/<epoch>`` entries
-(:meth:`MetricHistory.as_metrics`), and :func:`curve` reads one back from a record.
+* :class:`FeatureMask`: Algorithm 1's mask on the teacher (input features or one hidden
+  layer's channels), applied when the run is set up;
+* :class:`SampleMask`: Algorithm 2, dropping samples from the distillation term per batch;
+* :class:`DivergenceMonitor`: KL, TCKL, NCKL, TCJSD and NCJSD between teacher and student, per
+  validation and test epoch, at a chosen temperature;
+* :class:`MetricHistory`: the per-epoch curves of a run, kept for figures over training
+  (Fig. 13) and returned with the run's metrics; :func:`curve` reads one back.
+
+::
+
+    trainer = L.Trainer(max_epochs=30, callbacks=[SampleMask("true", 0.25), DivergenceMonitor()])
+    trainer.fit(CrossModalKD(student, teacher, build_distiller("kd"), num_classes=4), dm)
 """
 
 from __future__ import annotations
@@ -14,22 +21,146 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
+from ntdh_bench.distillers.base import paired_logits
+from ntdh_bench.divergence import divergence_report
+from ntdh_bench.masking.feature_mask import MaskedNetwork, feature_keep_mask
+from ntdh_bench.masking.saliency import Saliency
+from ntdh_bench.masking.sample_mask import PSSM_THRESHOLD, SampleWeighting
+
+DIVERGENCES = ("kl", "tckl", "nckl", "tcjsd", "ncjsd")
 HISTORY_PREFIX = "history/"
-DEFAULT_NAMES = ("val/tcjsd", "val/ncjsd", "val/acc", "val/miou", "train/masked_fraction")
+DEFAULT_HISTORY = ("val/tcjsd", "val/ncjsd", "val/acc", "val/miou", "train/masked_fraction")
+
+
+class FeatureMask(L.Callback):
+    """Zero the teacher's masked input features (or ``layer``'s masked channels).
+
+    ``keep`` is 1 for kept, 0 for masked entries, shaped like one input sample or
+    ``(channels,)``. Applied in ``setup``, before the teacher's outputs are cached and before
+    the distiller is bound; on a ``UnimodalModule`` it masks the network being trained (a
+    teacher retrained on its masked input). Applying it again to the same module is a no-op.
+    """
+
+    def __init__(self, keep: Tensor, layer: str | None = None) -> None:
+        self.keep = keep.detach().float().cpu()
+        self.layer = layer
+        self._applied: set[int] = set()
+
+    @classmethod
+    def from_saliency(
+        cls,
+        saliency: Saliency,
+        kind: str,
+        ratio: float,
+        shape: Sequence[int],
+        seed: int = 0,
+    ) -> FeatureMask:
+        """The mask of ``kind`` at ``ratio`` over the items ``saliency`` scored."""
+        keep = feature_keep_mask(kind, ratio, shape, saliency, seed=seed)
+        return cls(keep, saliency.layer)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if id(pl_module) in self._applied:
+            return
+        attr = "teacher" if hasattr(pl_module, "teacher") else "model"
+        net = getattr(pl_module, attr, None)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"FeatureMask: {type(pl_module).__name__} has no {attr} to mask")
+        masked = MaskedNetwork(net, self.keep, self.layer)
+        if attr == "teacher":
+            masked.requires_grad_(False)
+            masked.eval()
+        setattr(pl_module, attr, masked)
+        self._applied.add(id(pl_module))
+
+
+class SampleMask(L.Callback):
+    """Algorithm 2 on a ``CrossModalKD`` run (see :mod:`ntdh_bench.masking.sample_mask`)."""
+
+    def __init__(
+        self,
+        kind: str = "true",
+        ratio: float = 0.25,
+        T: float = 1.0,
+        seed: int = 0,
+        threshold: float = PSSM_THRESHOLD,
+    ) -> None:
+        self.weighting = SampleWeighting(kind, ratio, T, seed, threshold)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        add = getattr(pl_module, "add_distill_weighting", None)
+        if add is None:
+            raise TypeError(
+                f"SampleMask needs a CrossModalKD module, got {type(pl_module).__name__}"
+            )
+        add(self.weighting)
+
+
+class DivergenceMonitor(L.Callback):
+    """Log ``<stage>/{kl,tckl,nckl,tcjsd,ncjsd}`` between teacher and student at temperature
+    ``T``: means over the valid items of each validation and test epoch (synced across
+    processes). Reads the ``{"student", "teacher"}`` outputs of the module's evaluation steps.
+    """
+
+    def __init__(self, T: float = 1.0) -> None:
+        if T <= 0:
+            raise ValueError(f"DivergenceMonitor: T must be positive, got {T}")
+        self.T = T
+        self.metrics = {s: {n: MeanMetric() for n in DIVERGENCES} for s in ("val", "test")}
+
+    def _start(self, stage: str, pl_module: L.LightningModule) -> None:
+        for metric in self.metrics[stage].values():
+            metric.to(pl_module.device)
+            metric.reset()
+
+    def _update(self, stage: str, outputs: Any, batch: Mapping[str, Tensor]) -> None:
+        if not isinstance(outputs, Mapping) or outputs.get("teacher") is None:
+            return
+        logits_s, logits_t, target, _ = paired_logits(
+            outputs["student"], outputs["teacher"], dict(batch)
+        )
+        values = divergence_report(logits_t, logits_s, target, self.T)
+        for name, metric in self.metrics[stage].items():
+            metric.update(values[name])
+
+    def _log(self, stage: str, pl_module: L.LightningModule) -> None:
+        for name, metric in self.metrics[stage].items():
+            if metric.update_count:
+                pl_module.log(f"{stage}/{name}", metric.compute(), on_epoch=True)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start("val", pl_module)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start("test", pl_module)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        self._update("val", outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update("test", outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log("val", pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log("test", pl_module)
 
 
 class MetricHistory(L.Callback):
     """Record chosen epoch-level metrics after every validation epoch.
 
-    Values are read from ``trainer.callback_metrics`` once they are final for the epoch:
-    ``val/*`` in ``on_validation_end`` (sanity checks skipped), ``train/*`` in
-    ``on_train_epoch_end`` (which Lightning calls after the epoch's validation). Metrics that a run
-    does not log are simply absent. The history is saved in checkpoints, so a resumed run keeps
-    the epochs before the interruption.
+    ``val/*`` are read in ``on_validation_end`` (sanity checks skipped), ``train/*`` in
+    ``on_train_epoch_end`` (after the epoch's validation). Saved in checkpoints, so a resumed
+    run keeps the epochs before the interruption.
     """
 
-    def __init__(self, names: Sequence[str] = DEFAULT_NAMES) -> None:
+    def __init__(self, names: Sequence[str] = DEFAULT_HISTORY) -> None:
         self.names = tuple(names)
         self.history: dict[str, dict[int, float]] = {}
 

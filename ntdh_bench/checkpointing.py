@@ -47,6 +47,8 @@ class EpochCheckpoint(L.Callback):
             return
         if trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
             return  # the run is about to finish; its record replaces the checkpoint
+        # Not ntdh_core.io.atomic_write: saving is a collective call under DDP that every
+        # rank makes with the same path, and only rank 0 writes, so only rank 0 renames.
         tmp = self.dirpath / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)

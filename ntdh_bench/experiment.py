@@ -1,6 +1,6 @@
 """The Experiment base: a grid of run specs, executed resumably, then a report.
 
-An experiment script (``experiments/gamma_sweep.py`` ...) subclasses :class:`Experiment`,
+An experiment script (``experiments/gap_sweep.py`` ...) subclasses :class:`Experiment`,
 lists its runs in :meth:`Experiment.specs` and turns finished records into tables and figures
 in :meth:`Experiment.report`, which reads only the result store (never TensorBoard files).
 :meth:`Experiment.main` gives every script the same command line: ``--seeds``, ``--gpus``,
@@ -16,7 +16,6 @@ pending runs execute is the launcher's business (:mod:`ntdh_bench.launchers`), c
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import sys
@@ -27,10 +26,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
-from datamodules import build_datamodule
+from ntdh_bench.builders import build_run_datamodule
+from ntdh_bench.claims import Verdict, write_verdicts
+from ntdh_bench.config import PROTOCOLS, dataset_config, resolve_run_config
 from ntdh_bench.launchers import (
     Executor,
     Launcher,
@@ -41,19 +41,25 @@ from ntdh_bench.launchers import (
     Sweep,
     is_launch_rank_zero,
 )
+from ntdh_bench.naming import describe
+from ntdh_bench.report import Records, publish
 from ntdh_bench.results import ResultStore, canonical_json, config_hash
-from ntdh_bench.runner import RunEnv, execute_run, resolve_distiller, validate_config
+from ntdh_bench.runner import RunEnv, execute_run
 from ntdh_bench.status import sweep_status, write_grid
 from ntdh_bench.training import DeviceConfig
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+from ntdh_bench.validation import ConfigError
+from ntdh_core import paths
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a grid: its full resolved config; ``run_id`` is the config's hash."""
+    """One run of a grid: its resolved config (:func:`ntdh_bench.config.resolve_run_config`);
+    ``run_id`` is the hash of it."""
 
     config: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", resolve_run_config(self.config))
 
     @cached_property
     def run_id(self) -> str:
@@ -64,79 +70,7 @@ class RunSpec:
         return self.config["role"]
 
     def describe(self) -> str:
-        c = self.config
-        extra = ""
-        if c.get("distiller"):
-            extra = " " + c["distiller"]["name"]
-        if c.get("modality"):
-            extra = " " + c["modality"]
-        return f"{self.run_id} {c['role']}{extra} {c['dataset']['name']} seed={c['seed']}"
-
-
-def load_config(dataset: str) -> dict[str, Any]:
-    """Per-dataset defaults from ``experiments/configs/<dataset>.yaml``."""
-    path = CONFIG_DIR / f"{dataset}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise FileNotFoundError(f"no config {path}; configs exist for {known}")
-    return yaml.safe_load(path.read_text())
-
-
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a copy of ``config``."""
-    out = copy.deepcopy(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        dotted, raw = item.split("=", 1)
-        keys = dotted.split(".")
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {dotted}: {key!r} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
-    return out
-
-
-def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``base`` updated recursively with ``update`` (a new dict; inputs untouched)."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def run_config(
-    base: Mapping[str, Any],
-    role: str,
-    seed: int,
-    dataset: Mapping[str, Any] | None = None,
-    distiller: Mapping[str, Any] | None = None,
-    modality: str | None = None,
-) -> dict[str, Any]:
-    """A run's full config from a dataset config: only the sections its role depends on.
-
-    A teacher's config holds no student or distiller settings, so every student of every
-    experiment that shares data, model, seed and teacher schedule shares the teacher.
-    """
-    config: dict[str, Any] = {
-        "role": role,
-        "seed": seed,
-        "dataset": {**base["dataset"], **(dataset or {})},
-        "model": dict(base["model"]),
-        "teacher": dict(base["teacher"]),
-    }
-    if role in ("student", "kd"):
-        config["student"] = dict(base["student"])
-    if role == "kd":
-        config["distiller"] = resolve_distiller(distiller or base["distiller"])
-    if role == "unimodal":
-        config["modality"] = modality
-    return config
+        return describe(self.config, self.run_id)
 
 
 class Experiment(ABC):
@@ -163,13 +97,27 @@ class Experiment(ABC):
             checkpoint_interval_s=getattr(args, "checkpoint_interval", 60.0),
         )
 
-    def dataset_config(self, dataset: str) -> dict[str, Any]:
-        """The dataset's YAML defaults, with ``full:`` merged under ``--full``, then ``--set``."""
-        config = load_config(dataset)
-        full = config.pop("full", {}) or {}
-        if self.args.full:
-            config = deep_merge(config, full)
-        return apply_overrides(config, self.args.overrides)
+    def dataset_config(self, dataset: str, quick: str | None = None) -> dict[str, Any]:
+        """The dataset's experiment config under this command line: ``--full``,
+        ``--protocol``, the ``quick:`` size of section ``quick`` and the ``--set`` overrides
+        (:func:`ntdh_bench.config.dataset_config`)."""
+        return dataset_config(
+            dataset,
+            full=self.args.full,
+            protocol=self.args.protocol,
+            quick=quick,
+            overrides=self.args.overrides,
+        )
+
+    def publish(self, fig: Any, stem: str) -> str:
+        """Save a report figure beside the tables and log it to TensorBoard."""
+        return publish(fig, self.results_dir, Path(self.args.runs_dir), self.name, stem)
+
+    def write_verdicts(self, verdicts: list[Verdict], **context: Any) -> str:
+        """``verdicts.md`` (and ``verdicts.json`` for ``ntdh claims``), with this experiment,
+        its protocol and ``context`` recorded in each verdict."""
+        context = {"experiment": self.name, "protocol": self.args.protocol, **context}
+        return write_verdicts(verdicts, self.results_dir / "verdicts.md", context)
 
     # --- what subclasses provide -------------------------------------------------------
     @classmethod
@@ -181,7 +129,7 @@ class Experiment(ABC):
         """The grid, in the order it should run (teachers and baselines first)."""
 
     @abstractmethod
-    def report(self, records: list[dict[str, Any]]) -> None:
+    def report(self, records: Records) -> None:
         """Write tables and figures under ``self.results_dir`` and print the summary."""
 
     # --- execution ---------------------------------------------------------------------
@@ -217,7 +165,7 @@ class Experiment(ABC):
                 file=sys.stderr,
             )
         if records:
-            self.report(records)
+            self.report(Records(records))
         else:
             print("no finished runs to report yet")
         return records
@@ -270,19 +218,18 @@ class Experiment(ABC):
 
     @staticmethod
     def _validate(specs: Sequence[RunSpec]) -> None:
-        """Fail before any run starts: malformed configs, bad dataset arguments, missing files.
-
-        Constructing a datamodule checks its arguments and files without loading data.
-        """
+        """Fail before any run starts on bad dataset arguments or missing files (the configs
+        were checked when the specs were made). Constructing a datamodule checks its
+        arguments and files without loading data."""
         seen: set[str] = set()
         for spec in specs:
-            validate_config(spec.config)
-            dataset = spec.config["dataset"]
-            key = canonical_json(dataset)
+            key = canonical_json(spec.config["dataset"])
             if key not in seen:
                 seen.add(key)
-                args = {k: v for k, v in dataset.items() if k != "name"}
-                build_datamodule(dataset["name"], **args)
+                try:
+                    build_run_datamodule(spec.config)
+                except ValueError as err:
+                    raise ConfigError(f"dataset: {err}") from err
 
     def _print_plan(
         self, specs: list[RunSpec], todo: list[RunSpec], latest: Mapping[str, Mapping[str, Any]]
@@ -302,12 +249,25 @@ class Experiment(ABC):
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         common = parser.add_argument_group("common to every experiment")
-        common.add_argument("--seeds", type=int, default=3, help="number of seeds per cell")
+        common.add_argument(
+            "--seeds",
+            type=int,
+            default=5,
+            help="seeds per cell; verdicts are paired over seeds (with 2, a 95%% t-interval spans "
+            "±12.7 standard errors)",
+        )
         common.add_argument("--gpus", type=int, default=0, help="GPUs to use; 0 runs on the CPU")
         common.add_argument(
             "--full",
             action="store_true",
             help="the paper's full training length instead of the quick default",
+        )
+        common.add_argument(
+            "--protocol",
+            choices=PROTOCOLS,
+            default="suite",
+            help="suite: schedules that train the networks properly; released: the authors' "
+            "released training (optimizer, epochs, loss weights, temperature), per dataset config",
         )
         common.add_argument(
             "--set",
@@ -327,8 +287,8 @@ class Experiment(ABC):
         )
         common.add_argument(
             "--cache-dir",
-            default=os.environ.get("NTDH_CACHE", "cache"),
-            help="trained teachers, shared between experiments",
+            default=str(paths.cache_root()),
+            help="trained teachers, saliencies and masks, shared between experiments ($NTDH_CACHE)",
         )
         common.add_argument(
             "--dry-run",
@@ -407,4 +367,7 @@ class Experiment(ABC):
             if not torch.cuda.is_available():
                 cls.parser().error(f"--gpus {args.gpus} asked for, but CUDA is not available")
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        return cls(args).run()
+        try:
+            return cls(args).run()
+        except ConfigError as err:  # a bad value: say which, run nothing, exit non-zero
+            cls.parser().exit(2, f"{cls.parser().prog}: error: {err}\n")

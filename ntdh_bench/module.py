@@ -7,18 +7,19 @@
 The teacher is frozen: ``requires_grad_(False)``, excluded from the optimizer, run under
 ``no_grad`` and kept in eval mode through Lightning's ``train()`` calls. With no distiller the
 same module trains the no-KD student baseline, still measuring its divergences to the teacher.
-Validation and test log accuracy (classification) or mIoU (dense) through torchmetrics, and
-the per-sample divergences of :mod:`ntdh_bench.divergence` (kl, tckl, nckl, tcjsd, ncjsd, at
-temperature ``monitor_T``) averaged over the epoch.
+Validation and test log the student's accuracy (classification) or mIoU (dense) through
+torchmetrics, and the teacher's as ``<stage>/teacher_<metric>`` (the teacher actually used,
+masked or not); the evaluation steps return both networks' outputs, from which
+:class:`ntdh_bench.callbacks.DivergenceMonitor` logs the divergences.
 
 When the datamodule keeps its splits as tensors, the teacher's outputs on every split are
 computed once at the start and served by ``index`` (``cache_teacher``): the inputs are not
 augmented, so recomputing them each epoch would only repeat work.
 
-A ``sample_mask`` (:class:`ntdh_bench.masking.SampleMask`, Algorithm 2) sets each training
-batch's ``distill_weight`` from the detached teacher and student outputs, so it removes samples
-from the distillation term only, for any distiller; ``train/masked_fraction`` is logged. Feature
-masks (Algorithm 1) wrap the teacher network itself (:class:`ntdh_bench.masking.MaskedNetwork`).
+Distillation weightings (:class:`ntdh_bench.callbacks.SampleMask` registers Algorithm 2's)
+set each training batch's ``distill_weight`` from the detached outputs, removing samples from
+the distillation term only, for any distiller; ``train/masked_fraction`` is logged. Feature masks
+(:class:`ntdh_bench.callbacks.FeatureMask`) wrap the teacher network itself.
 """
 
 from __future__ import annotations
@@ -27,24 +28,23 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from datamodules.base import IGNORE_INDEX
 from models.base import ModelOutput
-from ntdh_bench.distillers.base import Distiller, paired_logits
-from ntdh_bench.divergence import divergence_report
-from ntdh_bench.masking import SampleMask
+from ntdh_bench.distillers.base import Distiller
+from ntdh_bench.masking.sample_mask import SampleWeighting
 
-DIVERGENCES = ("kl", "tckl", "nckl", "tcjsd", "ncjsd")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-IGNORE_INDEX = 255
 
 
 METRIC_NAMES = {"classification": "acc", "dense": "miou"}
 _BIND_ROWS = 2  # training samples shown to Distiller.bind to size its adapters
 
 
-def _task_metric(task: str, num_classes: int) -> Metric:
+def task_metric(task: str, num_classes: int) -> Metric:
+    """Accuracy (classification) or macro mIoU over labelled items (dense), torchmetrics."""
     if task == "classification":
         return MulticlassAccuracy(num_classes=num_classes, average="micro")
     return MulticlassJaccardIndex(
@@ -69,6 +69,7 @@ class _SupervisedBase(L.LightningModule):
         lr: float,
         weight_decay: float,
         optimizer: str,
+        momentum: float = 0.9,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -79,13 +80,13 @@ class _SupervisedBase(L.LightningModule):
         self.task = task
         self.metric_name = METRIC_NAMES[task]
         self.stage_metrics = nn.ModuleDict(
-            {stage: _task_metric(task, num_classes) for stage in ("val", "test")}
+            {stage: task_metric(task, num_classes) for stage in ("val", "test")}
         )
 
     def _cross_entropy(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
 
-    def _log_task_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
+    def _logtask_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
         metric = self.stage_metrics[stage]
         metric.update(logits, _labels(batch))
         self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True)
@@ -97,7 +98,10 @@ class _SupervisedBase(L.LightningModule):
         hp = self.hparams
         params = self.trainable_parameters()
         if hp.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=hp.lr, momentum=0.9, weight_decay=hp.weight_decay)
+            momentum = hp.get("momentum", 0.9)
+            return torch.optim.SGD(
+                params, lr=hp.lr, momentum=momentum, weight_decay=hp.weight_decay
+            )
         cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
@@ -118,8 +122,9 @@ class UnimodalModule(_SupervisedBase):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
+        momentum: float = 0.9,
     ) -> None:
-        super().__init__(num_classes, task, lr, weight_decay, optimizer)
+        super().__init__(num_classes, task, lr, weight_decay, optimizer, momentum)
         if modality not in ("xa", "xb"):
             raise ValueError(f"modality must be 'xa' or 'xb', got {modality!r}")
         self.save_hyperparameters(ignore=["model"])
@@ -135,10 +140,10 @@ class UnimodalModule(_SupervisedBase):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_task_metric("val", self.model(batch[self.modality]).logits, batch)
+        self._logtask_metric("val", self.model(batch[self.modality]).logits, batch)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._log_task_metric("test", self.model(batch[self.modality]).logits, batch)
+        self._logtask_metric("test", self.model(batch[self.modality]).logits, batch)
 
 
 class CrossModalKD(_SupervisedBase):
@@ -155,15 +160,12 @@ class CrossModalKD(_SupervisedBase):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
-        monitor_T: float = 1.0,
+        momentum: float = 0.9,
         cache_teacher: bool = True,
-        sample_mask: SampleMask | None = None,
     ) -> None:
-        super().__init__(num_classes, task, lr, weight_decay, optimizer)
+        super().__init__(num_classes, task, lr, weight_decay, optimizer, momentum)
         if distiller is not None and teacher is None:
             raise ValueError("a distiller needs a teacher")
-        if sample_mask is not None and distiller is None:
-            raise ValueError("a sample mask weighs the distillation term; it needs a distiller")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {lam}")
         if distiller is not None and distiller.task != task:
@@ -171,21 +173,25 @@ class CrossModalKD(_SupervisedBase):
                 f"distiller {distiller.name!r} was built for {distiller.task!r}, the module "
                 f"trains a {task!r} task"
             )
-        self.save_hyperparameters(ignore=["student", "teacher", "distiller", "sample_mask"])
+        self.save_hyperparameters(ignore=["student", "teacher", "distiller"])
         self.student = student
         self.teacher = teacher
         self.distiller = distiller
-        self.sample_mask = sample_mask
+        self.distill_weightings: list[SampleWeighting] = []
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
-        self.divergence_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict({name: MeanMetric() for name in DIVERGENCES})
-                for stage in ("val", "test")
-            }
-        )
+            self.teacher_metrics = nn.ModuleDict(
+                {stage: task_metric(task, num_classes) for stage in ("val", "test")}
+            )
         self._teacher_cache: dict[str, ModelOutput] = {}
+
+    def add_distill_weighting(self, weighting: SampleWeighting) -> None:
+        """Weigh every training batch's distillation term with ``weighting`` (Algorithm 2)."""
+        if self.distiller is None:
+            raise ValueError("a sample mask weighs the distillation term; it needs a distiller")
+        if weighting not in self.distill_weightings:
+            self.distill_weightings.append(weighting)
 
     # --- the teacher -------------------------------------------------------------------
     def train(self, mode: bool = True) -> CrossModalKD:
@@ -302,8 +308,8 @@ class CrossModalKD(_SupervisedBase):
         if self.distiller is None:
             return ce
         teacher_out = self.teacher_output(batch, "train")
-        if self.sample_mask is not None:
-            batch = self._sample_masked(student_out, teacher_out, batch)
+        for weighting in self.distill_weightings:
+            batch = self._weighted(weighting, student_out, teacher_out, batch)
         terms = self.distiller(student_out, teacher_out, batch)
         distill = torch.stack(list(terms.values())).sum()
         for name, value in terms.items():
@@ -313,32 +319,36 @@ class CrossModalKD(_SupervisedBase):
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
-    def _sample_masked(
-        self, student_out: ModelOutput, teacher_out: ModelOutput, batch: dict[str, Tensor]
+    def _weighted(
+        self,
+        weighting: SampleWeighting,
+        student_out: ModelOutput,
+        teacher_out: ModelOutput,
+        batch: dict[str, Tensor],
     ) -> dict[str, Tensor]:
-        """Algorithm 2: the batch with the sample mask's ``distill_weight`` (times any weight
-        the batch already carries); logs the fraction of masked samples (pixels)."""
-        weight, fraction = self.sample_mask(student_out, teacher_out, batch)
+        """The batch with the weighting's ``distill_weight`` (times any weight the batch
+        already carries); logs the fraction of masked samples (pixels)."""
+        weight, fraction = weighting(student_out, teacher_out, batch)
         if "distill_weight" in batch:
             weight = weight * batch["distill_weight"]
         self.log("train/masked_fraction", fraction, on_step=False, on_epoch=True, sync_dist=True)
         return {**batch, "distill_weight": weight}
 
     # --- evaluation --------------------------------------------------------------------
-    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, ModelOutput | None]:
         student_out = self.student(batch["xb"])
-        self._log_task_metric(stage, student_out.logits, batch)
+        self._logtask_metric(stage, student_out.logits, batch)
         if self.teacher is None:
-            return
+            return {"student": student_out, "teacher": None}
         teacher_out = self.teacher_output(batch, stage)
-        logits_s, logits_t, target, _ = paired_logits(student_out, teacher_out, batch)
-        values = divergence_report(logits_t, logits_s, target, self.hparams.monitor_T)
-        for name, metric in self.divergence_metrics[stage].items():
-            metric.update(values[name])
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True)
+        metric = self.teacher_metrics[stage]
+        metric.update(teacher_out.logits, _labels(batch))
+        self.log(f"{stage}/teacher_{self.metric_name}", metric, on_step=False, on_epoch=True)
+        return {"student": student_out, "teacher": teacher_out}
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+        """Both networks' outputs, for :class:`ntdh_bench.callbacks.DivergenceMonitor`."""
+        return self._evaluate(batch, "val")
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+        return self._evaluate(batch, "test")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import matplotlib
 
+from ntdh_core.io import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
@@ -42,13 +44,12 @@ def _hw(e: Estimate) -> float:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     """Write ``fig`` as PNG atomically and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        )
+    finally:
+        plt.close(fig)
 
 
 def log_figure(fig: Figure, log_dir: str | Path, tag: str, step: int = 0) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ntdh_bench.results import ResultStore
+from ntdh_core.io import atomic_write
 
 GRID_FILE = "grid.json"
 
@@ -30,9 +31,7 @@ def write_grid(results_dir: Path, experiment: str, specs: Sequence[Any]) -> None
         "written_at": time.time(),
         "runs": {s.run_id: s.describe() for s in specs},
     }
-    tmp = results_dir / f".{GRID_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(grid, indent=1))
-    tmp.replace(results_dir / GRID_FILE)
+    atomic_write(results_dir / GRID_FILE, json.dumps(grid, indent=1))
 
 
 def _alive(marker: dict[str, Any]) -> bool:

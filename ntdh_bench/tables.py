@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ntdh_bench.stats import Estimate
+from ntdh_core.io import atomic_write
 
 Cell = str | float | int | Estimate | None
 
@@ -115,11 +116,7 @@ class Table:
             ("csv", self.to_csv()),
             ("tex", self.to_latex()),
         ):
-            path = directory / f"{stem}.{suffix}"
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-            paths.append(path)
+            paths.append(atomic_write(directory / f"{stem}.{suffix}", text))
         return paths
 
 

@@ -2,7 +2,8 @@
 
 A sweep shows one progress bar over all its runs; each run's Trainer has no progress bar, no
 model summary, no sanity-check steps and no per-step logging, and Lightning's informational
-chatter is silenced while it runs. Metrics go to TensorBoard per epoch.
+chatter is silenced while it runs. Metrics go to TensorBoard per epoch, fit and test of a run
+into one event file (:class:`RunLogger`).
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
 from ntdh_bench.checkpointing import EpochCheckpoint, remove_checkpoint, resumable_checkpoint
+from ntdh_bench.module import UnimodalModule
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 _EXPECTED_WARNINGS = (
@@ -46,6 +49,13 @@ class DeviceConfig:
     precision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def distributed(self) -> bool:
+        """Whether each run spans several processes (DDP), which must act in step."""
+        return (
+            self.strategy != "auto" or self.cpu_processes > 1 or self.gpus > 1 or self.num_nodes > 1
+        )
+
     def trainer_kwargs(self) -> dict[str, Any]:
         if self.gpus > 0:
             kwargs: dict[str, Any] = {"accelerator": "gpu", "devices": self.gpus}
@@ -55,6 +65,17 @@ class DeviceConfig:
         if self.precision:
             kwargs["precision"] = self.precision
         return {**kwargs, **self.extra}
+
+
+@dataclass
+class RunEnv:
+    """Where a run writes (TensorBoard logs, the cache) and on which devices."""
+
+    runs_dir: Path = Path("runs")
+    cache_dir: Path = Path("cache")
+    devices: DeviceConfig = field(default_factory=DeviceConfig)
+    experiment: str = "adhoc"
+    checkpoint_interval_s: float = 60.0  # epoch-end resume checkpoints, at most this often
 
 
 @contextlib.contextmanager
@@ -88,6 +109,21 @@ class FiniteLossGuard(L.Callback):
                 )
 
 
+class RunLogger(TensorBoardLogger):
+    """TensorBoard logger of one run: fit, test and the hparams share one event file.
+
+    Lightning finalizes loggers after ``fit``, which would close the writer and start a new
+    event file for ``test``; here finalizing only flushes, and :meth:`close` ends the file.
+    """
+
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self.experiment.flush()
+
+    def close(self) -> None:
+        super().finalize("success")
+
+
 def make_trainer(
     max_epochs: int,
     devices: DeviceConfig,
@@ -106,7 +142,7 @@ def make_trainer(
     """
     logger: TensorBoardLogger | bool = False
     if log_dir is not None:
-        logger = TensorBoardLogger(
+        logger = RunLogger(
             save_dir=str(log_dir), name=name, version=version, default_hp_metric=False
         )
     all_callbacks = [FiniteLossGuard(), *(callbacks or [])]
@@ -158,11 +194,15 @@ def fit_and_test(
 def log_hparams(
     trainer: L.Trainer, config: Mapping[str, Any], metrics: Mapping[str, float]
 ) -> None:
-    """Put the run's config with its final metrics in TensorBoard's hparams table."""
+    """Put the run's config with its final metrics in TensorBoard's hparams table; closes
+    the run's event file."""
     logger = trainer.logger
     if isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(flatten_config(config), metrics=dict(metrics))
-        logger.finalize("success")
+        if isinstance(logger, RunLogger):
+            logger.close()
+        else:
+            logger.finalize("success")
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -177,3 +217,40 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
         else:
             flat[name] = value
     return flat
+
+
+def train_unimodal(
+    network: nn.Module,
+    dm: L.LightningDataModule,
+    modality: str,
+    train: Mapping[str, Any],
+    env: RunEnv,
+    name: str,
+    version: str,
+    callbacks: Sequence[L.Callback] = (),
+) -> tuple[UnimodalModule, dict[str, float], dict[str, float], L.Trainer]:
+    """Train ``network`` on ``modality`` with cross-entropy (a teacher, or Table I's strength),
+    logging to ``<runs_dir>/<name>/<version>``; resumable from its checkpoint folder there."""
+    module = UnimodalModule(
+        network,
+        dm.num_classes,
+        modality=modality,
+        task=dm.task,
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        optimizer=train["optimizer"],
+        momentum=train["momentum"],
+    )
+    checkpoints = Path(env.runs_dir) / name / version / "checkpoints"
+    trainer = make_trainer(
+        train["epochs"],
+        env.devices,
+        env.runs_dir,
+        name,
+        version,
+        callbacks=list(callbacks),
+        checkpoint_dir=checkpoints,
+        checkpoint_interval_s=env.checkpoint_interval_s,
+    )
+    metrics, timing = fit_and_test(trainer, module, dm, checkpoints)
+    return module, metrics, timing, trainer

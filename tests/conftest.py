@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import lightning as L
 import pytest
@@ -42,23 +39,6 @@ TINY_SYNTHETIC = (
     "--set", "teacher.epochs=2", "--set", "student.epochs=2",
     "--set", "dataset.n_samples=600", "--set", "dataset.n_train=400",
 )  # fmt: skip
-
-
-def load_experiment(script: str) -> ModuleType:
-    """Import ``experiments/<script>.py`` (a script, not a package) once per session."""
-    name = f"experiments_{script}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture
-def experiment_script() -> Callable[[str], ModuleType]:
-    """``experiment_script("gamma_sweep").GammaSweep``: an experiment script's module."""
-    return load_experiment
 
 
 @pytest.fixture

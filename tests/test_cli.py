@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from experiments.gap_sweep import GapSweep
 from ntdh_bench.cli import main
 
 
-def test_status_reports_a_finished_sweep_and_fails_on_a_missing_one(
-    tmp_path, capsys, experiment_script
-):
-    experiment_script("gamma_sweep").GammaSweep.main(
+def test_status_reports_a_finished_sweep_and_fails_on_a_missing_one(tmp_path, capsys):
+    GapSweep.main(
         [
             "--seeds",
             "1",

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from ntdh_bench.experiment import apply_overrides, load_config, run_config
+from experiments.gap_sweep import GapSweep
+from experiments.table1 import Table1
+from ntdh_bench.config import apply_overrides, dataset_config, run_config
 from ntdh_bench.results import ResultStore
-from ntdh_bench.runner import RunEnv, RunResult, execute_run, teacher_identity
+from ntdh_bench.runner import RunEnv, RunResult, execute_run
+from ntdh_bench.teachers import teacher_identity
 
 
-def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(
-    tmp_path, capsys, experiment_script, tiny_args, out_dirs
+def test_gap_sweep_writes_table_figure_and_verdicts_and_resumes(
+    tmp_path, capsys, tiny_args, out_dirs
 ):
-    fig3 = experiment_script("gamma_sweep").GammaSweep
+    fig3 = GapSweep
     argv = ["--seeds", "2", "--gaps", "0", "1", *tiny_args, *out_dirs]
     records = fig3.main(argv)
     assert len(records) == 2 * 2 * 3  # seeds x gaps x (teacher, no-KD, KD)
@@ -21,9 +26,12 @@ def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(
         assert (out / name).stat().st_size > 0, name
     printed = capsys.readouterr().out
     assert "NCJSD grows faster than TCJSD" in printed and "| 1.0 |" in printed
-    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 4  # one per gap and seed
-    kd_logs = list((tmp_path / "runs" / "fig3").iterdir())
-    assert len(kd_logs) == 8  # no-KD and KD students; teachers log under runs/teachers
+    assert len(list((tmp_path / "cache" / "teachers").glob("*/model.pt"))) == 4  # gap x seed
+    logs = sorted(p.name for p in (tmp_path / "runs" / "fig3").iterdir())
+    assert len(logs) == 8 + 1  # no-KD and KD students, and the figures; teachers: runs/teachers
+    assert "figures" in logs and any(name.startswith("kd-gap1-kd-s1-") for name in logs)
+    for name in logs:  # fit and test of a run in one event file
+        assert len(list((tmp_path / "runs" / "fig3" / name).glob("events.out.tfevents.*"))) == 1
 
     lines_before = ResultStore(out).path.read_text().count("\n")
     again = fig3.main(argv)  # a rerun skips every finished run
@@ -31,10 +39,8 @@ def test_gamma_sweep_writes_table_figure_and_verdicts_and_resumes(
     assert sorted(r["run_id"] for r in again) == sorted(r["run_id"] for r in records)
 
 
-def test_failed_runs_are_recorded_and_retried_on_request(
-    tmp_path, capsys, experiment_script, tiny_args, out_dirs
-):
-    fig3 = experiment_script("gamma_sweep").GammaSweep
+def test_failed_runs_are_recorded_and_retried_on_request(tmp_path, capsys, tiny_args, out_dirs):
+    fig3 = GapSweep
     argv = ["--seeds", "1", "--gaps", "0", *tiny_args, *out_dirs]
     experiment = fig3(fig3.parser().parse_args(argv))
 
@@ -61,8 +67,8 @@ def test_failed_runs_are_recorded_and_retried_on_request(
     assert calls == ["student"]
 
 
-def test_dry_run_lists_the_grid_without_running(tmp_path, capsys, experiment_script, out_dirs):
-    fig3 = experiment_script("gamma_sweep").GammaSweep
+def test_dry_run_lists_the_grid_without_running(tmp_path, capsys, out_dirs):
+    fig3 = GapSweep
     fig3.main(["--seeds", "1", "--gaps", "0", "0.5", "--dry-run", *out_dirs])
     out = capsys.readouterr().out
     assert "6 runs: 0 done or skipped, 6 to run" in out
@@ -70,7 +76,7 @@ def test_dry_run_lists_the_grid_without_running(tmp_path, capsys, experiment_scr
 
 
 def test_same_config_and_seed_give_the_same_numbers(tmp_path, tiny_args):
-    base = apply_overrides(load_config("synthetic"), [s for s in tiny_args if s != "--set"])
+    base = apply_overrides(dataset_config("synthetic"), [s for s in tiny_args if s != "--set"])
     config = run_config(base, "kd", seed=1, dataset={"gap": 0.4, "data_seed": 1})
     first = execute_run(config, RunEnv(tmp_path / "r1", tmp_path / "c1"))
     second = execute_run(config, RunEnv(tmp_path / "r2", tmp_path / "c2"))
@@ -80,7 +86,7 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path, tiny_args):
 
 
 def test_teacher_identity_ignores_student_settings():
-    base = load_config("synthetic")
+    base = dataset_config("synthetic")
     kd = run_config(base, "kd", 0, {"gap": 0.2})
     other = run_config(
         apply_overrides(base, ["student.lam=0.9", "distiller.T=2"]), "kd", 0, {"gap": 0.2}
@@ -90,9 +96,9 @@ def test_teacher_identity_ignores_student_settings():
 
 
 def test_table1_reports_capacity_and_strength_of_each_modality(
-    tmp_path, capsys, experiment_script, tiny_args, out_dirs
+    tmp_path, capsys, tiny_args, out_dirs
 ):
-    table1 = experiment_script("table1").Table1
+    table1 = Table1
     records = table1.main(["--seeds", "2", "--datasets", "synthetic", *tiny_args, *out_dirs])
     assert len(records) == 4
     text = (tmp_path / "results" / "table1" / "table1.md").read_text()
@@ -100,12 +106,43 @@ def test_table1_reports_capacity_and_strength_of_each_modality(
     assert "±" in text
 
 
-def test_bad_command_lines_fail_clearly(tmp_path, experiment_script, tiny_args, out_dirs):
-    fig3 = experiment_script("gamma_sweep").GammaSweep
-    with pytest.raises(SystemExit):
-        fig3.main(["--seeds", "0", *out_dirs])
-    with pytest.raises(ValueError, match="key=value"):
-        fig3.main(["--set", "student.epochs", *out_dirs])
-    with pytest.raises(ValueError, match=r"gap must lie in \[0, 1\]"):
-        fig3.main(["--gaps", "2", "--seeds", "1", *tiny_args, *out_dirs])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "student.epochs"], "expects key=value"),
+        (["--gaps", "2"], r"dataset: gap must lie in \[0, 1\]"),
+        (["--set", "student.epoch=50"], r"student\.epoch: unknown option; did you mean 'epochs'"),
+        (
+            ["--set", "teacher.epochs=-1"],
+            r"teacher\.epochs: Input should be greater than or equal to 1",
+        ),
+        (["--set", "teacher.epochs=0"], r"teacher\.epochs"),
+        (["--set", "student.lam=1.5"], r"student\.lam"),
+        (["--set", "student.lr=0"], r"student\.lr: Input should be greater than 0"),
+        (["--set", "student.optimizer=lbfgs"], r"student\.optimizer"),
+        (["--set", "distiller.T=-1"], r"distiller\.T: the temperature must be positive"),
+        (["--set", "distiller.weight=-2"], r"distiller\.weight: a loss weight must be >= 0"),
+        (["--set", "distiller.tau=2"], r"distiller\.tau: unknown option"),
+        (["--set", "model.hiden=[4]"], r"model\.hiden: unknown option; did you mean 'hidden'"),
+        (["--set", "dataset.n_sample=10"], r"dataset\.n_sample: unknown option; did you mean"),
+        (["--set", "dataset.n_train=abc"], r"dataset\.n_train: Input should be a valid integer"),
+    ],
+)
+def test_bad_command_lines_fail_before_anything_runs(tmp_path, capsys, out_dirs, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        GapSweep.main(["--seeds", "1", *argv, *out_dirs])
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "results" / "fig3" / "runs.jsonl").exists()  # nothing ran
+    assert not (tmp_path / "cache").exists()
+
+
+def test_seeds_below_one_are_refused():
+    with pytest.raises(SystemExit):
+        GapSweep.main(["--seeds", "0"])
+
+
+def test_set_values_are_parsed_by_type(out_dirs):
+    experiment = GapSweep(GapSweep.parser().parse_args(["--set", "student.lr=1e-4", *out_dirs]))
+    (kd,) = [s for s in experiment.specs()[:3] if s.role == "kd"]
+    assert kd.config["student"]["lr"] == 1e-4 and isinstance(kd.config["student"]["lr"], float)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments.gap_sweep import GapSweep
 from ntdh_bench.launchers import PoolLauncher, is_launch_rank_zero
 from ntdh_bench.results import ResultStore
 from ntdh_bench.status import sweep_status
@@ -20,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def fig3(experiment_script):
-    return experiment_script("gamma_sweep").GammaSweep
+def fig3():
+    return GapSweep
 
 
 def _metrics_by_run(root: Path) -> dict[str, dict[str, float]]:
@@ -130,7 +131,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
     killed = tmp_path / "killed"
     command = [
         sys.executable,
-        str(ROOT / "experiments" / "gamma_sweep.py"),
+        str(ROOT / "experiments" / "gap_sweep.py"),
         *grid,
         *dirs_under(killed),
     ]
@@ -166,7 +167,7 @@ def test_sigkill_mid_sweep_then_rerun_finishes_each_run_once_with_identical_resu
 def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path, tiny_args, dirs_under):
     command = [
         sys.executable,
-        str(ROOT / "experiments" / "gamma_sweep.py"),
+        str(ROOT / "experiments" / "gap_sweep.py"),
         "--seeds",
         "1",
         "--gaps",

@@ -6,18 +6,20 @@ import csv
 
 import pytest
 
+from experiments.table2 import Table2
+
 
 @pytest.fixture
-def table2(experiment_script):
-    return experiment_script("table2").Table2
+def table2():
+    return Table2
 
 
 def test_quick_table2_on_digits_writes_the_paper_layout(table2, tmp_path, capsys, out_dirs):
-    argv = ["--dataset", "digits", "--quick", "--seeds", "1", "--methods", "dkd", "sp"]
+    argv = ["--dataset", "digits", "--quick", "--seeds", "2", "--methods", "dkd", "sp"]
     argv += ["--ratios", "0.5", *out_dirs]
     records = table2.main(argv)
-    # teacher, 3 masked teachers, no-KD student, 2 unmasked KD, 2 methods x 3 kinds masked KD
-    assert len(records) == 1 + 3 + 1 + 2 + 2 * 3
+    # per seed: teacher, 3 masked teachers, no-KD student, 2 unmasked KD, 2 x 3 masked KD
+    assert len(records) == 2 * (1 + 3 + 1 + 2 + 2 * 3)
     out = tmp_path / "results" / "table2_digits"
     for name in ("table2.md", "table2.csv", "table2.tex", "fig9a.png", "fig10.png"):
         assert (out / name).stat().st_size > 0, name
@@ -27,7 +29,7 @@ def test_quick_table2_on_digits_writes_the_paper_layout(table2, tmp_path, capsys
     assert rows[0] == [
         "",
         "mask",
-        *(f"{m}_{s}" for m in ("DKD", "SP") for s in ("mean", "ci95", "n")),
+        *(f"{m}_{s}" for m in ("DKD", "SP", "teacher used (%)") for s in ("mean", "ci95", "n")),
     ]
     assert [r[:2] for r in rows[1:]] == [
         ["w/o KD", ""],
@@ -36,23 +38,27 @@ def test_quick_table2_on_digits_writes_the_paper_layout(table2, tmp_path, capsys
         ["", "R"],
         ["", "F"],
     ]
-    for row in rows[1:]:  # every cell is a percentage from one seed
+    for row in rows[1:]:  # every cell is a percentage over two seeds
         for mean, n in ((row[2], row[4]), (row[5], row[7])):
-            assert 0.0 <= float(mean) <= 100.0 and n == "1"
+            assert 0.0 <= float(mean) <= 100.0 and n == "2"
+    assert rows[1][8] == "" and all(0 < float(row[8]) <= 100 for row in rows[2:])  # teachers
     assert rows[1][2] == rows[1][5]  # one shared no-KD student
 
     md = (out / "table2.md").read_text()
     assert "not MNIST" in md and "| w/o KD |" in md and "| DKD | SP |" in md
     tex = (out / "table2.tex").read_text()
-    assert r"\begin{tabular}{lccc}" in tex
+    assert r"\begin{tabular}{lcccc}" in tex
 
     verdicts = (out / "verdicts.md").read_text()
-    for method in ("DKD", "SP"):
-        assert f"{method}: `true` beats `random` beats `false` at ratio 0.5:" in verdicts
-    assert "Mean over methods: `true` beats" in verdicts  # and the mean over the methods
-    assert verdicts.count("true ") == 3 and "not judged" not in verdicts
-    printed = capsys.readouterr().out
-    assert "beats `random` beats `false`" in printed
+    for who in ("DKD", "SP", "Mean over methods"):
+        for claim in (
+            "`true` beats unmasked KD",
+            "`true` beats `random`",
+            "`random` beats `false`",
+        ):
+            assert f"{who}: {claim} at ratio 0.5: " in verdicts
+    assert verdicts.count("paired difference") == 9 and "not judged" not in verdicts
+    assert "`random` beats `false` at ratio 0.5" in capsys.readouterr().out
 
     events = list((tmp_path / "runs" / "table2_digits" / "figures").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)

@@ -379,7 +379,7 @@ def test_digits_trains_end_to_end_through_lightning(lean_trainer):
 
 
 def test_modality_strength_reports_both_modalities_by_name():
-    from datamodules.strength import modality_strength
+    from ntdh_bench.strength import modality_strength
 
     strength = modality_strength("digits", train={"epochs": 3})
     assert set(strength) == {"digits", "digits_m"}

@@ -3,13 +3,13 @@
 Table I's row for a dataset, and the way to tune the noise levels that equalise the two
 modalities of MNIST / MNIST-M and digits (the paper's Assumption 2)::
 
-    from datamodules.strength import modality_strength
+    from ntdh_bench.strength import modality_strength
     modality_strength("digits", dataset={"noise": {"digits": 3.0, "digits_m": 1.0}})
     # {'digits': 0.70, 'digits_m': 0.71}   (mean test accuracy over seeds, by modality name)
 
 It runs exactly what ``experiments/table1.py`` runs (the ``unimodal`` role of
-:mod:`ntdh_bench.runner`, with the dataset's config from ``experiments/configs``), so the
-numbers agree with Table I's; the TensorBoard logs go to a temporary folder.
+:mod:`ntdh_bench.runner`, with the dataset's config), so the numbers agree with Table I's; the
+TensorBoard logs and the cache go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ntdh_bench.builders import build_run_datamodule
+from ntdh_bench.config import dataset_config, deep_merge, run_config
+from ntdh_bench.runner import RunEnv, execute_run
 
 
 def modality_strength(
@@ -35,15 +39,9 @@ def modality_strength(
     teacher's first), else by ``xa`` / ``xb``. Seed ``s`` uses ``seed = data_seed = s``, as
     Table I does.
     """
-    from datamodules import build_datamodule
-    from ntdh_bench.experiment import deep_merge, load_config, run_config
-    from ntdh_bench.runner import RunEnv, execute_run
-
-    config = load_config(name)
-    config.pop("full", None)
+    config = dataset_config(name)
     config = deep_merge(config, {"dataset": dict(dataset or {}), "teacher": dict(train or {})})
-    args = {k: v for k, v in config["dataset"].items() if k != "name"}
-    dm = build_datamodule(name, **args)
+    dm = build_run_datamodule(run_config(config, "unimodal", 0, modality="xa"))
     names = {"xa": getattr(dm, "teacher", "xa"), "xb": getattr(dm, "student", "xb")}
     values: dict[str, list[float]] = {"xa": [], "xb": []}
     with tempfile.TemporaryDirectory(prefix="ntdh-strength-") as tmp:

@@ -1,0 +1,97 @@
+"""Algorithm 2: per-batch weights that drop samples from the distillation term only.
+
+Each item of a training batch (a sample, or a valid labelled pixel / point of a dense batch) is
+scored by its NCJSD between teacher and student at temperature ``T``, detached; ``true`` gives
+weight 0 to the ``mask_count(ratio, n)`` items with the largest score, ``false`` to the
+smallest, ``random`` to a seeded random set of that size. Kind ``pssm`` is the authors' released
+weighting instead: ``omega = 1`` where the teacher is right, else ``(cos(z_t, z_s) + 1) / 2``
+when that cosine of the logits is at least ``threshold`` (0.996), else 0. Cross-entropy always
+sees every item: the weights reach the distiller as the batch's ``distill_weight``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.base import ModelOutput
+from ntdh_bench.distillers.base import paired_logits
+from ntdh_bench.divergence import decoupled_jsd, dense_keep_mask
+from ntdh_bench.masking.selection import MASK_KINDS, mask_count, select_masked
+
+SAMPLE_MASK_KINDS = (*MASK_KINDS, "pssm")
+PSSM_THRESHOLD = 0.996
+
+
+def pssm_weights(
+    logits_t: Tensor, logits_s: Tensor, target: Tensor, threshold: float = PSSM_THRESHOLD
+) -> Tensor:
+    """The released code's per-sample weight ``omega`` for ``(N, C)`` logits."""
+    cos = F.cosine_similarity(logits_t.float(), logits_s.float(), dim=1)
+    soft = torch.where(cos >= threshold, (cos + 1) / 2, torch.zeros_like(cos))
+    right = logits_t.argmax(dim=1) == target
+    return torch.where(right, torch.ones_like(cos), soft)
+
+
+class SampleWeighting:
+    """Algorithm 2's weights for one batch; :class:`ntdh_bench.callbacks.SampleMask` applies it."""
+
+    def __init__(
+        self,
+        kind: str = "true",
+        ratio: float = 0.25,
+        T: float = 1.0,
+        seed: int = 0,
+        threshold: float = PSSM_THRESHOLD,
+    ) -> None:
+        if kind not in SAMPLE_MASK_KINDS:
+            raise ValueError(f"sample mask kind must be one of {SAMPLE_MASK_KINDS}, got {kind!r}")
+        mask_count(ratio, 1)
+        if T <= 0:
+            raise ValueError(f"sample mask temperature must be positive, got {T}")
+        self.kind, self.ratio, self.T = kind, ratio, T
+        self.seed, self.threshold = seed, threshold
+        self._generator: torch.Generator | None = None
+
+    def _gen(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def item_weights(self, logits_t: Tensor, logits_s: Tensor, target: Tensor) -> Tensor:
+        """``(N,)`` weights for flattened ``(N, C)`` logits: 0 masked, 1 kept (or omega)."""
+        logits_t, logits_s = logits_t.detach(), logits_s.detach()
+        if self.kind == "pssm":
+            return pssm_weights(logits_t, logits_s, target, self.threshold)
+        scores = None
+        if self.kind != "random":
+            scores = decoupled_jsd(logits_t, logits_s, target, self.T)[1]
+        generator = self._gen(logits_t.device) if self.kind == "random" else None
+        masked = select_masked(scores, self.kind, self.ratio, len(target), generator)
+        return (~masked.to(logits_t.device)).to(logits_t.dtype)
+
+    def __call__(
+        self, student: ModelOutput, teacher: ModelOutput, batch: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """``(distill_weight, masked_fraction)`` for one training batch.
+
+        ``distill_weight`` has the batch's layout: ``(B,)``, or ``(B, *spatial)`` with 0 outside
+        the valid, labelled items; ``masked_fraction`` is the share of scored items weighing 0.
+        """
+        logits_s, logits_t, target, _ = paired_logits(student, teacher, dict(batch))
+        weight = self.item_weights(logits_t, logits_s, target)
+        fraction = (weight == 0).float().mean() if weight.numel() else weight.sum()
+        if student.logits.dim() == 2:
+            return weight, fraction
+        keep = dense_keep_mask(batch["y"], batch.get("valid"))
+        full = torch.zeros(keep.shape, dtype=weight.dtype, device=weight.device)
+        full[keep] = weight
+        return full, fraction
+
+    def __repr__(self) -> str:
+        return (
+            f"SampleWeighting(kind={self.kind!r}, ratio={self.ratio}, T={self.T}, seed={self.seed})"
+        )
