@@ -9,6 +9,7 @@ from typing import Any
 
 from datamodules.base import PairedDataModule, TensorBatchLoader
 from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
+from datamodules.nyu_ssc import NYUSSCDataModule
 from datamodules.ravdess import RavdessDataModule
 from datamodules.synthetic import SyntheticDataModule
 
@@ -17,6 +18,7 @@ DATAMODULES: dict[str, type[PairedDataModule]] = {
     "mnist_m": MNISTMDataModule,
     "digits": DigitsDataModule,
     "ravdess": RavdessDataModule,
+    "nyu_ssc": NYUSSCDataModule,
 }
 
 
@@ -33,6 +35,7 @@ __all__ = [
     "DATAMODULES",
     "DigitsDataModule",
     "MNISTMDataModule",
+    "NYUSSCDataModule",
     "PairedDataModule",
     "RavdessDataModule",
     "SyntheticDataModule",
