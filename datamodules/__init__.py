@@ -9,6 +9,7 @@ from typing import Any
 
 from datamodules.base import PairedDataModule, TensorBatchLoader
 from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
+from datamodules.nyu_depth import NYUDepthDataModule
 from datamodules.nyu_ssc import NYUSSCDataModule
 from datamodules.ravdess import RavdessDataModule
 from datamodules.synthetic import SyntheticDataModule
@@ -19,6 +20,7 @@ DATAMODULES: dict[str, type[PairedDataModule]] = {
     "digits": DigitsDataModule,
     "ravdess": RavdessDataModule,
     "nyu_ssc": NYUSSCDataModule,
+    "nyu_depth": NYUDepthDataModule,
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "DATAMODULES",
     "DigitsDataModule",
     "MNISTMDataModule",
+    "NYUDepthDataModule",
     "NYUSSCDataModule",
     "PairedDataModule",
     "RavdessDataModule",
