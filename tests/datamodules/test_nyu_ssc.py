@@ -20,6 +20,8 @@ from datamodules import DATAMODULES, build_datamodule
 from datamodules.nyu_ssc import NYUSSCDataModule, evaluated_voxels
 from models import build_model
 from ntdh_bench.divergence import decoupled_jsd, flatten_dense
+from ntdh_bench.experiment import apply_overrides, load_config, run_config
+from ntdh_bench.runner import _datamodule, _network, validate_config
 from ntdh_bench.ssc_metrics import SSCMetrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -187,3 +189,19 @@ def test_dataloader_workers_open_their_own_files(ssc_root):
     loader = DataLoader(dm._datasets["test"], batch_size=2, num_workers=2)
     batch = next(iter(loader))
     assert batch["y"].shape[0] == 2
+
+
+def test_config_builds_the_datamodule_and_both_networks(ssc_root):
+    small = [
+        f"{s}.{k}={list(v) if isinstance(v, tuple) else v}"
+        for s in ("dataset", "model")
+        for k, v in SMALL.items()
+    ]
+    base = apply_overrides(load_config("nyu_ssc"), [f"dataset.root={ssc_root[0]}", *small])
+    config = run_config(base, "kd", seed=0)
+    validate_config(config)
+    dm = _datamodule(config)
+    teacher, student = _network(config, dm, "xa"), _network(config, dm, "xb")
+    batch = next(iter(dm.val_dataloader()))
+    assert teacher(batch["xa"]).logits.shape == student(batch["xb"]).logits.shape
+    assert teacher.in_channels == 3 and student.in_channels == 1
