@@ -9,6 +9,8 @@ from typing import Any
 
 from datamodules.base import IGNORE_INDEX, PairedDataModule, TensorBatchLoader
 from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
+from datamodules.nyu_depth import NYUDepthDataModule
+from datamodules.nyu_ssc import NYUSSCDataModule
 from datamodules.ravdess import RavdessDataModule
 from datamodules.synthetic import SyntheticDataModule
 
@@ -17,6 +19,8 @@ DATAMODULES: dict[str, type[PairedDataModule]] = {
     "mnist_m": MNISTMDataModule,
     "digits": DigitsDataModule,
     "ravdess": RavdessDataModule,
+    "nyu_ssc": NYUSSCDataModule,
+    "nyu_depth": NYUDepthDataModule,
 }
 
 
@@ -34,6 +38,8 @@ __all__ = [
     "IGNORE_INDEX",
     "DigitsDataModule",
     "MNISTMDataModule",
+    "NYUDepthDataModule",
+    "NYUSSCDataModule",
     "PairedDataModule",
     "RavdessDataModule",
     "SyntheticDataModule",

@@ -14,8 +14,9 @@ from torch import nn
 from models.base import ModelOutput
 from models.cnn2d import CNN2d
 from models.mlp import MLP
+from models.ssc import SSCNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn2d": CNN2d}
+MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn2d": CNN2d, "ssc": SSCNet}
 
 
 def build_model(
@@ -39,4 +40,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MLP", "MODELS", "CNN2d", "ModelOutput", "build_model", "count_parameters"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "CNN2d",
+    "ModelOutput",
+    "SSCNet",
+    "build_model",
+    "count_parameters",
+]

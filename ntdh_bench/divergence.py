@@ -18,8 +18,8 @@ Everything is computed from log-softmax and masked log-sum-exp, never ``log(p + 
 functions stay finite, with finite gradients, for logits as large as 1e3 and for target
 probabilities that round to exactly 0 or 1 in floating point. Inputs of half precision are
 computed in float32. All functions return per-sample values of shape ``(N,)``; reductions are
-the caller's. Dense outputs ``(B, C, H, W)`` are flattened to ``(N, C)`` by the caller, see
-:func:`flatten_dense`.
+the caller's. Dense outputs ``(B, C, *S)`` (any number of spatial dims: pixels ``(H, W)``,
+voxels ``(D, H, W)``) are flattened to ``(N, C)`` by the caller, see :func:`flatten_dense`.
 """
 
 from __future__ import annotations
@@ -165,23 +165,38 @@ def divergence_report(
 
 
 def dense_keep_mask(target: Tensor, valid: Tensor | None, ignore_index: int = 255) -> Tensor:
-    """``(B, H, W)`` bool: pixels that are labelled and, when ``valid`` is given, valid."""
+    """``(B, *S)`` bool: the pixels (voxels) that are labelled and, when ``valid`` is given, valid.
+
+    Works for any number of spatial dims ``S``; ``valid`` must have ``target``'s shape.
+    """
     keep = target != ignore_index
-    return keep if valid is None else keep & valid.bool()
+    if valid is None:
+        return keep
+    if valid.shape != target.shape:
+        raise ValueError(
+            f"valid {tuple(valid.shape)} must have the labels' shape {tuple(target.shape)}"
+        )
+    return keep & valid.bool()
 
 
 def flatten_dense(
     logits: Tensor, target: Tensor, valid: Tensor | None = None, ignore_index: int = 255
 ) -> tuple[Tensor, Tensor]:
-    """Flatten dense ``(B, C, H, W)`` logits and ``(B, H, W)`` labels to the kept pixels.
+    """Flatten dense ``(B, C, *S)`` logits and ``(B, *S)`` labels to the kept pixels (voxels).
 
-    A pixel is kept where ``valid`` is true (when given) and its label is not
-    ``ignore_index``. Returns ``(logits[N, C], target[N])``.
+    ``S`` is any number of spatial dims (``(H, W)`` images, ``(D, H, W)`` volumes). A pixel is
+    kept where ``valid`` is true (when given) and its label is not ``ignore_index``. Returns
+    ``(logits[N, C], target[N])``, rows in the order of ``target``'s flattened layout.
     """
-    if logits.dim() != 4 or target.dim() != 3:
+    if logits.dim() < 3 or target.dim() != logits.dim() - 1:
         raise ValueError(
-            "dense outputs need logits (B, C, H, W) and target (B, H, W), got "
-            f"{tuple(logits.shape)} and {tuple(target.shape)}"
+            "dense outputs need logits (B, C, *S) and target (B, *S) with at least one spatial "
+            f"dim, got {tuple(logits.shape)} and {tuple(target.shape)}"
+        )
+    if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree on the "
+            "batch or spatial sizes"
         )
     keep = dense_keep_mask(target, valid, ignore_index)
-    return logits.permute(0, 2, 3, 1)[keep], target[keep]
+    return logits.movedim(1, -1)[keep], target[keep]

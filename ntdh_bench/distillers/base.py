@@ -5,8 +5,9 @@ returns a dict of named, already weighted loss terms; :class:`ntdh_bench.module.
 sums them. A distiller may own parameters (regressors, embedding heads, memory banks); the
 LightningModule optimises them with the student and saves them in its checkpoints.
 
-Per-sample weights: when the batch carries ``distill_weight`` (``(B,)``, or ``(B, H, W)`` for
-dense tasks), logit distillers weight each sample (pixel) by it and divide by the total weight.
+Per-sample weights: when the batch carries ``distill_weight`` (``(B,)``, or ``(B, *S)`` like the
+labels for dense tasks: ``(B, H, W)`` pixels, ``(B, D, H, W)`` voxels), logit distillers weight
+each sample (pixel, voxel) by it and divide by the total weight.
 Distillers that compare whole samples read :func:`sample_weight` (a dense sample weighs the mean
 of its pixels' weights); relational ones (RKD, SP, PKT) keep the samples whose weight is
 positive (:func:`keep_weighted`). The sample masks of Algorithm 2 set it; the cross-entropy term
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import ModelOutput
-from ntdh_bench.divergence import dense_keep_mask
+from ntdh_bench.divergence import dense_keep_mask, flatten_dense
 
 TASKS = ("classification", "dense")
 
@@ -100,26 +101,33 @@ def paired_logits(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Student and teacher logits as ``(N, C)`` rows with their targets and weights.
 
-    Classification passes through; dense outputs are flattened over the pixels that are
-    ``valid`` and labelled. Returns ``(logits_s, logits_t, target, weight)`` where ``weight`` is
-    the flattened ``distill_weight`` of the batch or ``None``.
+    Classification passes through; dense outputs ``(B, C, *S)`` (any number of spatial dims)
+    are flattened over the pixels (voxels) that are ``valid`` and labelled. Returns
+    ``(logits_s, logits_t, target, weight)`` where ``weight`` is the flattened
+    ``distill_weight`` of the batch or ``None``.
     """
     y = batch["y"]
     weight = batch.get("distill_weight")
     if student.logits.dim() == 2:
         return student.logits, teacher.logits, y, weight
-    keep = dense_keep_mask(y, batch.get("valid"), ignore_index)
-    logits_s = student.logits.permute(0, 2, 3, 1)[keep]
-    logits_t = teacher.logits.permute(0, 2, 3, 1)[keep]
-    return logits_s, logits_t, y[keep], None if weight is None else weight[keep]
+    if student.logits.shape != teacher.logits.shape:
+        raise ValueError(
+            f"dense student and teacher logits differ in shape: {tuple(student.logits.shape)} "
+            f"and {tuple(teacher.logits.shape)}"
+        )
+    logits_s, target = flatten_dense(student.logits, y, batch.get("valid"), ignore_index)
+    logits_t, _ = flatten_dense(teacher.logits, y, batch.get("valid"), ignore_index)
+    if weight is not None:
+        weight = weight[dense_keep_mask(y, batch.get("valid"), ignore_index)]
+    return logits_s, logits_t, target, weight
 
 
 def sample_weight(batch: dict[str, Tensor], ignore_index: int = 255) -> Tensor | None:
     """The batch's ``distill_weight`` as one weight per sample ``(B,)``, or ``None``.
 
-    Dense tasks: the mean of a sample's pixel weights over its valid, labelled pixels (0 for a
-    sample without any), so that feature distillers working on pooled embeddings follow a
-    pixel mask in proportion.
+    Dense tasks (any number of spatial dims): the mean of a sample's pixel (voxel) weights over
+    its valid, labelled ones (0 for a sample without any), so that feature distillers working on
+    pooled embeddings follow a pixel mask in proportion.
     """
     weight = batch.get("distill_weight")
     if weight is None or weight.dim() == 1:

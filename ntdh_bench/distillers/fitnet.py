@@ -15,6 +15,10 @@ from ntdh_bench.distillers.base import (
 from ntdh_bench.distillers.registry import register_distiller
 from ntdh_bench.divergence import kl
 
+# The 1x1 regressor and the pooling for hint maps, by number of spatial dims.
+_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_POOLS = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
+
 
 @register_distiller("fitnet")
 class FitNet(Distiller):
@@ -25,8 +29,9 @@ class FitNet(Distiller):
 
     ``h_s`` and ``h_t`` are the student's and teacher's ``features[hint_layer]`` (default: the
     middle one, ``len(features) // 2``) and ``r`` a trainable regressor created at binding: a
-    linear layer for vector hints ``(B, D)``, a 1x1 convolution for maps ``(B, C, H, W)`` (the
-    student's map is first average-pooled to the teacher's spatial size when they differ).
+    linear layer for vector hints ``(B, D)``, a 1x1 convolution for maps ``(B, C, *S)`` with one
+    to three spatial dims (images ``(H, W)``, volumes ``(D, H, W)``; the student's map is first
+    average-pooled to the teacher's spatial size when they differ).
     Reduction: the squared error is averaged over a sample's hint elements, then over samples
     (PyTorch's ``mse_loss``), a weighted mean with ``distill_weight`` (dense: per sample, see
     :func:`sample_weight`). ``weight = 100`` is the reference implementations' setting.
@@ -87,12 +92,13 @@ class FitNet(Distiller):
         h_s, h_t = self._hints(student, teacher)
         if h_s.dim() == 2 and h_t.dim() == 2:
             self.regressor = nn.Linear(h_s.shape[1], h_t.shape[1])
-        elif h_s.dim() == 4 and h_t.dim() == 4:
-            self.regressor = nn.Conv2d(h_s.shape[1], h_t.shape[1], kernel_size=1)
+        elif h_s.dim() == h_t.dim() and h_s.dim() - 2 in _CONVS:
+            conv = _CONVS[h_s.dim() - 2]
+            self.regressor = conv(h_s.shape[1], h_t.shape[1], kernel_size=1)
         else:
             raise ValueError(
-                "fitnet: hints must both be vectors (B, D) or both maps (B, C, H, W); got "
-                f"{tuple(h_s.shape)} and {tuple(h_t.shape)}"
+                "fitnet: hints must both be vectors (B, D) or both maps (B, C, *S) with 1-3 "
+                f"spatial dims; got {tuple(h_s.shape)} and {tuple(h_t.shape)}"
             )
 
     def forward(
@@ -107,7 +113,7 @@ class FitNet(Distiller):
                 "trainer's datamodule; pass datamodule= to Trainer.fit or call bind() first"
             )
         h_s, h_t = self._hints(student, teacher)
-        if h_s.dim() == 4 and h_s.shape[-2:] != h_t.shape[-2:]:
-            h_s = F.adaptive_avg_pool2d(h_s, h_t.shape[-2:])
+        if h_s.dim() > 2 and h_s.shape[2:] != h_t.shape[2:]:
+            h_s = _POOLS[h_s.dim() - 2](h_s, h_t.shape[2:])
         error = (self.regressor(h_s) - h_t).pow(2).flatten(1).mean(dim=1)
         return {"hint": self.weight * weighted_mean(error, sample_weight(batch))}
