@@ -34,7 +34,6 @@ have no holes). ``valid`` is where the depth was measured (> 0).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.base import PairedDataModule
+from ntdh_core import paths
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
 SPLITS_FILE = "splits.mat"
@@ -75,7 +75,7 @@ def data_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$NTDH_DATA/nyu_depth_v2`` (``$NTDH_DATA`` defaulting to ``./data``)."""
     if root is not None:
         return Path(root)
-    return Path(os.environ.get("NTDH_DATA", "data")) / "nyu_depth_v2"
+    return paths.data_root() / "nyu_depth_v2"
 
 
 def find_file(root: Path, name: str) -> Path:

@@ -54,7 +54,6 @@ fraction the validation split, ``test/`` the test split. ``max_files`` keeps the
 from __future__ import annotations
 
 import math
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +65,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.base import PairedDataModule
+from ntdh_core import paths
 
 SSC_CLASSES = (
     "empty",
@@ -94,7 +94,7 @@ def data_root(root: str | Path | None = None) -> Path:
     """``root``, else ``$NTDH_DATA/nyu_ssc`` (``$NTDH_DATA`` defaulting to ``./data``)."""
     if root is not None:
         return Path(root)
-    return Path(os.environ.get("NTDH_DATA", "data")) / "nyu_ssc"
+    return paths.data_root() / "nyu_ssc"
 
 
 def evaluated_voxels(tsdf_lr: np.ndarray, target_lr: np.ndarray) -> np.ndarray:

@@ -172,10 +172,29 @@ class SSCNet(nn.Module):
 
     @classmethod
     def from_shape(
-        cls, input_shape: Sequence[int], num_classes: int = 12, **kwargs: object
+        cls,
+        input_shape: Sequence[int],
+        num_classes: int = 12,
+        grid: Sequence[int] = GRID,
+        scale: int = SCALE,
+        width2d: int = 16,
+        width3d: int = 64,
+        inner3d: int = 32,
+        dilations: Sequence[int] = (1, 2, 3, 1, 2, 3),
+        head: int = 128,
     ) -> SSCNet:
         """``(C + 1, H, W)``: an image with its voxel-index channel; ``(C, D, H, W)``: a volume
-        on the target's grid, checked against ``grid``."""
+        on the target's grid, checked against ``grid``. The options are the constructor's (each
+        named here, so that run configs can check them)."""
+        options = dict(
+            grid=grid,
+            scale=scale,
+            width2d=width2d,
+            width3d=width3d,
+            inner3d=inner3d,
+            dilations=dilations,
+            head=head,
+        )
         shape = tuple(int(s) for s in input_shape)
         if len(shape) == 3:
             if shape[0] < 2:
@@ -183,9 +202,9 @@ class SSCNet(nn.Module):
                     f"ssc: an image input needs its channels plus the voxel-index channel, got "
                     f"a sample of shape {shape}"
                 )
-            return cls(shape[0] - 1, num_classes, **kwargs)
+            return cls(shape[0] - 1, num_classes, **options)
         if len(shape) == 4:
-            model = cls(shape[0], num_classes, volume_input=True, **kwargs)
+            model = cls(shape[0], num_classes, volume_input=True, **options)
             expected = model.grid[::-1]
             if shape[1:] != expected:
                 raise ValueError(f"ssc: a volume input must be (C, *{expected}), got {shape}")

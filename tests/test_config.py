@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from pydantic import Field
 
@@ -15,6 +17,7 @@ from ntdh_bench.config import (
     run_config,
     run_id,
 )
+from ntdh_bench.distillers import DISTILLERS
 from ntdh_bench.validation import ConfigError
 
 
@@ -107,3 +110,19 @@ def test_run_config_builds_resolved_configs_per_role():
     assert kd == resolve_run_config(kd) and kd["feature_mask"]["seed"] == 1
     unimodal = run_config(base, "unimodal", 0, modality="xb")
     assert unimodal["modality"] == "xb" and "student" not in unimodal
+
+
+@pytest.mark.parametrize(
+    ("where", "func"),
+    [
+        *((f"model {n}", cls.from_shape) for n, cls in __import__("models").MODELS.items()),
+        *(
+            (f"dataset {n}", cls.__init__)
+            for n, cls in __import__("datamodules").DATAMODULES.items()
+        ),
+        *((f"distiller {n}", cls.__init__) for n, cls in DISTILLERS.items()),
+    ],
+)
+def test_every_registered_class_names_its_options_so_configs_can_check_them(where, func):
+    kinds = {p.kind for p in inspect.signature(func).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds, f"{where} hides options behind **kwargs"

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 from datamodules import DATAMODULES, build_datamodule
 from datamodules.nyu_ssc import NYUSSCDataModule, evaluated_voxels
 from models import build_model
+from ntdh_bench.builders import build_network, build_run_datamodule
+from ntdh_bench.config import dataset_config, run_config
 from ntdh_bench.divergence import decoupled_jsd, flatten_dense
-from ntdh_bench.experiment import apply_overrides, load_config, run_config
-from ntdh_bench.runner import _datamodule, _network, validate_config
 from ntdh_bench.ssc_metrics import SSCMetrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -197,11 +197,10 @@ def test_config_builds_the_datamodule_and_both_networks(ssc_root):
         for s in ("dataset", "model")
         for k, v in SMALL.items()
     ]
-    base = apply_overrides(load_config("nyu_ssc"), [f"dataset.root={ssc_root[0]}", *small])
-    config = run_config(base, "kd", seed=0)
-    validate_config(config)
-    dm = _datamodule(config)
-    teacher, student = _network(config, dm, "xa"), _network(config, dm, "xb")
+    base = dataset_config("nyu_ssc", overrides=[f"dataset.root={ssc_root[0]}", *small])
+    config = run_config(base, "kd", seed=0)  # resolved: every option checked
+    dm = build_run_datamodule(config)
+    teacher, student = build_network(config, dm, "xa"), build_network(config, dm, "xb")
     batch = next(iter(dm.val_dataloader()))
     assert teacher(batch["xa"]).logits.shape == student(batch["xb"]).logits.shape
     assert teacher.in_channels == 3 and student.in_channels == 1
