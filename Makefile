@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install test test-slow lint format demo fig3 fig6 fig8 table1 table2 table3 tensorboard bench clean help
+.PHONY: install test test-slow lint format demo claims fig3 fig6 fig8 table1 table2 table3 tensorboard bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,7 @@ demo: $(STAMP)  ## Figs. 3, 6 and 8 on synthetic data, quick size, each paper cl
 	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/weight_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/mask_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
+	$(VENV)/bin/ntdh claims
 
 fig3: $(STAMP)  ## Fig. 3: KD against the domain gap (ARGS="--full --seeds 5" for the paper's size)
 	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
@@ -60,6 +61,9 @@ table2: $(STAMP)  ## Table II, Figs. 9a, 10: six KD methods x feature masks (DAT
 
 table3: $(STAMP)  ## Table III, Fig. 9b: the six KD methods x feature masks on RAVDESS
 	$(PY) experiments/table3.py $(ARGS)
+
+claims: $(STAMP)  ## results/CLAIMS.md: every verdict of every finished experiment, one page
+	$(VENV)/bin/ntdh claims
 
 tensorboard: $(STAMP)  ## open the TensorBoard logs of every run
 	$(VENV)/bin/tensorboard --logdir runs

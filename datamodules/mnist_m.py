@@ -1,63 +1,14 @@
 """Paired MNIST / MNIST-M digits (paper Sec. IV-A-2; Tables I-II, Figs. 7, 9a, 10), and the
 offline ``digits`` variant.
 
-Both modalities show the same handwritten digit: ``xa[i]`` and ``xb[i]`` are made from one
-MNIST image, in grey (MNIST) and blended over a colour photo (MNIST-M,
-:mod:`datamodules.mnist_m_generate`). As in the authors' released code, the teacher sees MNIST
-and the student MNIST-M; ``teacher="mnist_m"`` swaps them.
-
-**Files.** Under the data root (``root``, default ``$NTDH_DATA``, else ``./data``)::
-
-    mnist/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz]   torchvision's MNIST raw layout
-    mnist/MNIST/raw/{train,t10k}-labels-idx1-ubyte[.gz]   (download=True fetches them)
-    bsds/BSR_bsds500.tgz  or  bsds/BSR/BSDS500/data/images/train/*.jpg
-
-MNIST-M is generated from these (deterministic by ``blend_seed``) and cached under
-``cache_dir`` (default ``$NTDH_CACHE/mnist_m``, else ``./cache/mnist_m``). Instead, a
-published MNIST-M can be read (``published=path``) if it is paired with MNIST by index:
-
-* the authors' released ``mnist_m_data.pkl``: ``train`` (60000, 28, 28, 3), ``val`` (10000,
-  the MNIST test set), ``train_label``, ``val_label``;
-* tf-dann's ``mnistm_data.pkl`` (pumpikano/tf-dann): ``train`` (55000), ``valid`` (5000) and
-  ``test`` (10000), made from TensorFlow's MNIST reader, whose validation set is the first
-  5000 training images, so MNIST's training set is ``valid`` followed by ``train``;
-* any pickle of a dict with ``train`` (60000) and ``test`` (10000) uint8 ``(N, 28, 28, 3)``
-  arrays in MNIST's file order, with optional ``*_label`` arrays (checked against MNIST).
-
-Ganin's own release (``mnist_m.tar.gz``: ``mnist_m_train/*.png`` with
-``mnist_m_train_labels.txt``, 59,001 / 9,001 images) and its repackagings (``.pt`` files,
-Hugging Face copies) **cannot be paired**: they hold fewer images than MNIST and no record of
-which MNIST digit each came from, so ``xa[i]`` and ``xb[i]`` would not be the same digit.
-Such a folder is rejected with that explanation.
-
-**Inputs.** MNIST is ``(1, 28, 28)``: the released code feeds the teacher the grey channel
-only (784 inputs) and the student MNIST-M's three (2352 inputs); replicating the grey channel
-would add no information, only teacher parameters, and the suite's networks differ only where
-the input shape forces it (Assumption 1). MNIST-M is ``(3, 28, 28)``. Pixels are scaled to
-[0, 1], get the modality's noise, then are mapped to [-1, 1] as the released code's
-``Normalize(0.5, 0.5)``.
-
-**Modality strength** (Assumption 2) is equalised as in the paper (Fig. 4b) with additive noise
-per modality, ``x <- clip(x + level * U[0, 1], 0, 1)``, levels given by ``noise`` keyed by
-modality name. The defaults are the released code's (``noise_level = 1.5`` on MNIST-M and three
-times that on MNIST). The noise is drawn once per sample from ``data_seed`` (the released code
-redraws it at every epoch), so the inputs are fixed and the frozen teacher's outputs and the
-masks' saliencies are defined on them. :func:`ntdh_bench.strength.modality_strength` trains the
-network on each modality alone (Table I's row) so that the levels can be tuned.
-
-**Splits.** MNIST's 60000 training and 10000 test images; the validation split *is* the test
-split, as in the released code (which also picks its best epoch on it) and the synthetic data.
-Here nothing is selected on it: the suite reports the last epoch's test metrics.
-
-**digits** needs nothing downloaded: scikit-learn's 1797 handwritten digits (8x8, 0..16),
-upsampled bilinearly to 28x28, blended by the same recipe over crops of the two colour photos
-scikit-learn bundles (``load_sample_images``). Its strokes are binarised at half intensity, not
-at ``> 0`` as MNIST's: the upsampled 8x8 digits are blurred, and ``> 0`` would fill most of the
-image. A fixed stratified split keeps 1200 images for training and 597 for testing. The
-default noise levels (2.5 on ``digits``, 1.0 on ``digits_m``; without noise the grey digits are
-the stronger modality, 97% against 88%) give both modalities about 70% accuracy with the
-config's schedule, close to the paper's 69.1% for MNIST / MNIST-M. Its modalities are named
-``digits`` and ``digits_m`` and its results are labelled ``digits``, never MNIST.
+Both modalities show the same digit: ``xa[i]`` in grey (MNIST) and ``xb[i]`` blended over a
+colour photo (MNIST-M, :mod:`datamodules.mnist_m_generate`), paired by index; the teacher sees
+MNIST as in the released code. Files: ``mnist/MNIST/raw/*-ubyte[.gz]`` (torchvision's layout)
+and BSDS500 under the data root; ``source="t10k"`` splits MNIST's 10,000 test digits when the
+training images are absent; a paired published MNIST-M pickle can replace the generation.
+Modality strength is equalised by additive noise per modality, drawn once from ``data_seed``.
+``docs/mnist_m.md`` gives the layouts, the published forms that can and cannot be paired, the
+noise and the splits.
 """
 
 from __future__ import annotations
@@ -65,7 +16,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -112,9 +63,15 @@ def find_mnist_file(raw_dir: str | Path, name: str) -> Path | None:
     return None
 
 
-def missing_mnist_files(raw_dir: str | Path) -> list[str]:
+def missing_mnist_files(
+    raw_dir: str | Path, splits: tuple[str, ...] = ("train", "test")
+) -> list[str]:
+    """The IDX files of ``splits`` that are not in ``raw_dir``."""
     return [
-        name for pair in MNIST_FILES.values() for name in pair if not find_mnist_file(raw_dir, name)
+        name
+        for split in splits
+        for name in MNIST_FILES[split]
+        if not find_mnist_file(raw_dir, name)
     ]
 
 
@@ -325,7 +282,7 @@ class PairedDigitsDataModule(PairedDataModule):
     def build_split_tensors(self) -> dict[str, dict[str, Tensor]]:
         splits = self.load_splits()
         out = {}
-        for split_id, split in enumerate(("train", "test")):
+        for split_id, split in enumerate(s for s in ("train", "test", "val") if s in splits):
             grey, colour, y = splits[split]
             images = dict(zip(self.modalities, (grey, colour), strict=True))
             inputs = {}
@@ -337,7 +294,7 @@ class PairedDigitsDataModule(PairedDataModule):
                 "xb": inputs[self.student],
                 "y": torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
             }
-        return {"train": out["train"], "val": out["test"], "test": out["test"]}
+        return {"train": out["train"], "val": out.get("val", out["test"]), "test": out["test"]}
 
 
 class MNISTMDataModule(PairedDigitsDataModule):
@@ -350,6 +307,9 @@ class MNISTMDataModule(PairedDigitsDataModule):
         self,
         teacher: str = "mnist",
         noise: Mapping[str, float] | None = None,
+        source: Literal["full", "t10k"] = "full",
+        split_seed: int = 0,
+        t10k_split: tuple[int, int, int] = (7000, 1000, 2000),
         root: str | None = None,
         mnist_root: str | None = None,
         bsds: str | None = None,
@@ -363,6 +323,13 @@ class MNISTMDataModule(PairedDigitsDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(teacher, noise, data_seed, batch_size, eval_batch_size, seed)
+        if source not in ("full", "t10k"):
+            raise ValueError(f"source must be 'full' or 't10k', got {source!r}")
+        self.source = source
+        self.split_seed = split_seed
+        self.t10k_split = tuple(int(n) for n in t10k_split)
+        if len(self.t10k_split) != 3 or min(self.t10k_split) < 1:
+            raise ValueError(f"t10k_split needs three positive sizes, got {t10k_split}")
         base = data_root(root)
         self.mnist_root = Path(mnist_root) if mnist_root is not None else base / "mnist"
         self.bsds = Path(bsds) if bsds is not None else base / "bsds"
@@ -381,10 +348,21 @@ class MNISTMDataModule(PairedDigitsDataModule):
             and find_backgrounds(base / "bsds") is not None
         )
 
+    @property
+    def _mnist_splits(self) -> tuple[str, ...]:
+        return ("test",) if self.source == "t10k" else ("train", "test")
+
     def _check_files(self) -> None:
-        missing = missing_mnist_files(mnist_raw_dir(self.mnist_root))
+        missing = missing_mnist_files(mnist_raw_dir(self.mnist_root), self._mnist_splits)
         if missing and not self.download:
-            raise FileNotFoundError(mnist_missing_message(self.mnist_root, missing))
+            hint = ""
+            if self.source == "full" and not missing_mnist_files(
+                mnist_raw_dir(self.mnist_root), ("test",)
+            ):
+                hint = " (the t10k files are here: source='t10k' splits those 10,000 digits)"
+            raise FileNotFoundError(mnist_missing_message(self.mnist_root, missing, hint))
+        if self.published is not None and self.source == "t10k":
+            raise ValueError("source='t10k' generates MNIST-M from the test digits; drop published")
         if self.published is not None:
             if not self.published.exists():
                 raise FileNotFoundError(f"published MNIST-M {self.published} does not exist")
@@ -406,6 +384,8 @@ class MNISTMDataModule(PairedDigitsDataModule):
     def load_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         self.prepare_data()
         raw = mnist_raw_dir(self.mnist_root)
+        if self.source == "t10k":
+            return self._t10k_splits(raw)
         mnist = {split: load_mnist(raw, split) for split in MNIST_FILES}
         if self.published is not None:
             labels = {split: y for split, (_, y) in mnist.items()}
@@ -417,6 +397,24 @@ class MNISTMDataModule(PairedDigitsDataModule):
                 for split, (x, _) in mnist.items()
             }
         return {split: (x, colour[split], y) for split, (x, y) in mnist.items()}
+
+    def _t10k_splits(self, raw: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """MNIST's 10,000 test digits (and their MNIST-M blends) split by ``split_seed`` into
+        train / val / test (``t10k_split``): real MNIST-M where only t10k is at hand."""
+        x, y = load_mnist(raw, "test")
+        colour = generate_split(
+            x, "test", find_backgrounds(self.bsds), self.cache_dir, self.blend_seed
+        )
+        order = np.random.default_rng(self.split_seed).permutation(len(y))
+        n_train, n_val, n_test = self.t10k_split
+        if n_train + n_val + n_test > len(y):
+            raise ValueError(f"t10k_split {self.t10k_split} asks for more than {len(y)} digits")
+        parts = {
+            "train": order[:n_train],
+            "val": order[n_train : n_train + n_val],
+            "test": order[n_train + n_val : n_train + n_val + n_test],
+        }
+        return {name: (x[i], colour[i], y[i]) for name, i in parts.items()}
 
 
 class DigitsDataModule(PairedDigitsDataModule):

@@ -37,6 +37,15 @@ class Verdict:
     evidence: str
     difference: Estimate | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    scale: float = 1.0  # how the difference is shown: x scale, digits, unit
+    digits: int = 2
+    unit: str = ""
+
+    def difference_text(self) -> str:
+        """``"3.0 ± 2.4 points"``, or ``"n/a"``."""
+        if self.difference is None or math.isnan(self.difference.mean):
+            return "n/a"
+        return f"{self.difference.format(self.digits, self.scale)}{self.unit}"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -64,6 +73,9 @@ class Verdict:
             evidence=data["evidence"],
             difference=None if diff is None else Estimate(**diff),
             context=dict(data.get("context") or {}),
+            scale=float(data.get("scale", 1.0)),
+            digits=int(data.get("digits", 2)),
+            unit=str(data.get("unit", "")),
         )
 
 
@@ -108,7 +120,7 @@ def verdict_from_differences(
     text = f"{evidence}; paired difference {est.format(digits, scale)}{unit} (n = {est.n})"
     if reason:
         text += f"; not judged: {reason}"
-    return Verdict(claim, status, text, est, dict(context or {}))
+    return Verdict(claim, status, text, est, dict(context or {}), scale, digits, unit)
 
 
 def paired_verdict(

@@ -1,7 +1,8 @@
 """The ``ntdh`` command: one subcommand per job.
 
 ``ntdh distillers`` lists the KD methods; ``ntdh datasets`` the datamodules and whether their
-files are here; ``ntdh status results/<experiment>`` where a sweep stands.
+files are here; ``ntdh status results/<experiment>`` where a sweep stands; ``ntdh claims``
+collects every verdict into ``results/CLAIMS.md``.
 
 Adding a subcommand takes a function ``add_<name>_command(subparsers)`` that declares its
 parser and sets ``run`` to a function ``(argparse.Namespace) -> int``, and one entry in
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -109,10 +111,35 @@ def run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_claims_command(subparsers: SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "claims",
+        help="collect every experiment's verdicts into results/CLAIMS.md",
+        description="Collect the verdicts of every finished experiment under the results "
+        "folder into one page, CLAIMS.md, with a panel of paired differences per experiment.",
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=os.environ.get("NTDH_RESULTS", "results"),
+        help="the folder holding results/<experiment>/verdicts.json",
+    )
+    parser.set_defaults(run=run_claims)
+
+
+def run_claims(args: argparse.Namespace) -> int:
+    from ntdh_bench.claims_page import write_claims_page
+
+    path = write_claims_page(args.results_dir)
+    print(path.read_text())
+    print(f"written to {path}")
+    return 0
+
+
 COMMANDS: tuple[Callable[[SubParsers], None], ...] = (
     add_distillers_command,
     add_datasets_command,
     add_status_command,
+    add_claims_command,
 )
 
 

@@ -70,12 +70,14 @@ class TrainSettings(Section):
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    val_every: int = Field(1, ge=1, description="validate every N epochs")
 
 
 class StudentSettings(TrainSettings):
     """A student's schedule: ``loss = (1 - lam) CE + lam * distill`` (Eq. 4)."""
 
     lam: float = Field(0.5, ge=0, le=1)
+    ce_weight: float | None = Field(None, ge=0, description="None: 1 - lam (Eq. 4)")
     monitor_T: float = Field(1.0, gt=0)  # noqa: N815 (the temperature of the logged divergences)
 
 

@@ -4,6 +4,9 @@
 
     loss = (1 - lam) * CE(student) + lam * sum(distiller(student_out, teacher_out, batch))
 
+or, with ``ce_weight`` given, ``ce_weight * CE + lam * distill`` (the released code's forms:
+``CE + KL`` is ``ce_weight = 1, lam = 1``; distillation alone is ``ce_weight = 0, lam = 1``).
+
 The teacher is frozen: ``requires_grad_(False)``, excluded from the optimizer, run under
 ``no_grad`` and kept in eval mode through Lightning's ``train()`` calls. With no distiller the
 same module trains the no-KD student baseline, still measuring its divergences to the teacher.
@@ -162,12 +165,15 @@ class CrossModalKD(_SupervisedBase):
         optimizer: str = "adam",
         momentum: float = 0.9,
         cache_teacher: bool = True,
+        ce_weight: float | None = None,
     ) -> None:
         super().__init__(num_classes, task, lr, weight_decay, optimizer, momentum)
         if distiller is not None and teacher is None:
             raise ValueError("a distiller needs a teacher")
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        if ce_weight is not None and ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
         if distiller is not None and distiller.task != task:
             raise ValueError(
                 f"distiller {distiller.name!r} was built for {distiller.task!r}, the module "
@@ -314,8 +320,8 @@ class CrossModalKD(_SupervisedBase):
         distill = torch.stack(list(terms.values())).sum()
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
-        lam = self.hparams.lam
-        loss = (1.0 - lam) * ce + lam * distill
+        lam, ce_weight = self.hparams.lam, self.hparams.ce_weight
+        loss = (1.0 - lam if ce_weight is None else ce_weight) * ce + lam * distill
         self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 

@@ -57,7 +57,7 @@ def joint_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": config["dataset"],
         "model": config["model"],
         "seed": config["seed"],
-        "eq26": {k: settings[k] for k in ("epochs", "lr", "weight_decay", "T")},
+        "eq26": {k: v for k, v in settings.items() if k not in ("repeats", "n_samples")},
     }
 
 
@@ -241,8 +241,8 @@ def _load_or_train_joint(
         f_a, f_b = build_network(config, dm, "xa"), build_network(config, dm, "xb")
     settings = config["feature_mask"]["saliency"]
     device = "cuda" if env.devices.gpus > 0 and torch.cuda.is_available() else "cpu"
-    keys = ("epochs", "lr", "weight_decay", "T")
-    joint_train(f_a, f_b, _epochs(dm), device=device, **{k: settings[k] for k in keys})
+    options = {k: v for k, v in settings.items() if k not in ("repeats", "n_samples")}
+    joint_train(f_a, f_b, _epochs(dm), device=device, **options)
     f_a, f_b = f_a.cpu().eval(), f_b.cpu().eval()
     metrics = evaluate(f_a, dm, "xa")
     entry.write({"f_a.pt": f_a.state_dict(), "f_b.pt": f_b.state_dict()}, {"metrics": metrics})

@@ -133,6 +133,7 @@ def make_trainer(
     callbacks: list[L.Callback] | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_interval_s: float = 60.0,
+    val_every: int = 1,
     **overrides: Any,
 ) -> L.Trainer:
     """A Trainer in the lean sweep profile; TensorBoard under ``log_dir/name/version``.
@@ -156,6 +157,7 @@ def make_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=val_every,
         log_every_n_steps=50,
         deterministic=False,
         **devices.trainer_kwargs(),
@@ -248,6 +250,7 @@ def train_unimodal(
         env.runs_dir,
         name,
         version,
+        val_every=train["val_every"],
         callbacks=list(callbacks),
         checkpoint_dir=checkpoints,
         checkpoint_interval_s=env.checkpoint_interval_s,

@@ -174,3 +174,25 @@ def test_flatten_dense_keeps_valid_labelled_pixels():
     torch.testing.assert_close(flat[1], logits[0, :, 1, 1])
     with pytest.raises(ValueError, match="dense outputs"):
         flatten_dense(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+
+
+def test_nckl_and_ncjsd_by_hand_on_non_proportional_non_target_shapes():
+    """p_t = [.5, .3, .15, .05], p_s = [.2, .2, .2, .4], target 0: the non-target parts
+    [.6, .3, .1] and [.25, .25, .5] differ in shape, not only in scale."""
+    m = math
+    p_t, p_s = torch.tensor([[0.5, 0.3, 0.15, 0.05]]), torch.tensor([[0.2, 0.2, 0.2, 0.4]])
+    target = torch.tensor([0])
+    hat_t, hat_s = [0.6, 0.3, 0.1], [0.25, 0.25, 0.5]
+    nckl = sum(a * m.log(a / b) for a, b in zip(hat_t, hat_s, strict=True))
+    mid = [(a + b) / 2 for a, b in zip(hat_t, hat_s, strict=True)]
+    ncjsd = 0.5 * sum(a * m.log(a / c) for a, c in zip(hat_t, mid, strict=True)) + 0.5 * sum(
+        b * m.log(b / c) for b, c in zip(hat_s, mid, strict=True)
+    )
+    tckl = 0.5 * m.log(0.5 / 0.2) + 0.5 * m.log(0.5 / 0.8)
+    got_tckl, got_nckl = decoupled_kl(p_t.log(), p_s.log(), target)
+    _, got_ncjsd = decoupled_jsd(p_t.log(), p_s.log(), target)
+    assert float(got_nckl) == pytest.approx(nckl, rel=1e-5)
+    assert float(got_tckl) == pytest.approx(tckl, rel=1e-5)
+    assert float(got_ncjsd) == pytest.approx(ncjsd, rel=1e-5)
+    swapped = decoupled_kl(p_s.log(), p_t.log(), target)[1]
+    assert float(swapped) != pytest.approx(nckl, rel=1e-2)  # teacher and student not symmetric

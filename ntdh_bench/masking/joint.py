@@ -41,24 +41,32 @@ def joint_train(
     weight_decay: float = 0.0,
     T: float = 1.0,
     device: str | torch.device = "cpu",
+    optimizer: str = "adam",
+    momentum: float = 0.9,
 ) -> list[float]:
-    """Train ``f_a`` (on ``xa``) and ``f_b`` (on ``xb``) with Eq. 26; both end in eval mode.
+    """Train ``f_a`` (on ``xa``) and ``f_b`` (on ``xb``) with Eq. 26 (Adam, or SGD with
+    momentum); both end in eval mode.
 
     ``batches(epoch)`` yields the training batches of one epoch. Returns each epoch's mean loss.
     """
     f_a.to(device).train()
     f_b.to(device).train()
     params = [p for net in (f_a, f_b) for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":  # the released code's SGD(lr, momentum=0.9)
+        step = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        step = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"joint training optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     history = []
     for epoch in range(epochs):
         total, count = torch.zeros((), device=device), 0
         for raw in batches(epoch):
             batch = {k: v.to(device) for k, v in raw.items()}
             loss, _ = eq26_loss(f_a(batch["xa"]), f_b(batch["xb"]), batch, T)
-            optimizer.zero_grad(set_to_none=True)
+            step.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            step.step()
             total, count = total + loss.detach(), count + 1
         history.append(float(total) / max(count, 1))
     f_a.eval()

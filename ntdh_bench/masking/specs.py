@@ -41,6 +41,8 @@ class SaliencySettings(Section):
     epochs: int = Field(30, ge=1, description="epochs of the Eq. 26 joint training")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     T: float = Field(1.0, gt=0, description="temperature of the NCJSD, in training and scoring")
     n_samples: int | None = Field(None, ge=1, description="training samples scored (None: all)")
 

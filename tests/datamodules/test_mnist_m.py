@@ -384,3 +384,40 @@ def test_modality_strength_reports_both_modalities_by_name():
     strength = modality_strength("digits", train={"epochs": 3})
     assert set(strength) == {"digits", "digits_m"}
     assert all(0.25 < acc <= 1.0 for acc in strength.values())  # well above chance (0.1)
+
+
+# --- source="t10k": MNIST-M from the 10,000 test digits alone -------------------------------
+def test_t10k_source_splits_the_test_digits_when_the_training_images_are_missing(tmp_path):
+    mnist = fx.write_mnist(tmp_path / "data" / "mnist", n_train=4, n_test=20)
+    fx.write_bsds_folder(tmp_path / "data" / "bsds", colour=DARK)
+    raw = tmp_path / "data" / "mnist" / "MNIST" / "raw"
+    for name in raw.glob("train-*"):
+        name.unlink()  # only t10k is at hand, as in ../shared/data
+    with pytest.raises(FileNotFoundError, match="source='t10k'"):
+        _mnist_m(tmp_path / "data")
+    split = (12, 3, 5)  # scaled to the 20-digit fixture
+    dm = _mnist_m(tmp_path / "data", source="t10k", t10k_split=split, noise=NO_NOISE, split_seed=1)
+    dm.setup()
+    images, labels = mnist["test"]
+    seen = []
+    for split, n in (("train", 12), ("val", 3), ("test", 5)):
+        data = dm.split_tensors(split)
+        assert len(data["y"]) == n
+        for row in range(n):  # each row is one test digit, its grey image and its label
+            match = np.flatnonzero(
+                (images == ((data["xa"][row, 0] + 1) * 127.5).round().numpy()).all(axis=(1, 2))
+            )
+            assert labels[match[0]] == data["y"][row]
+            seen.append(int(match[0]))
+    assert sorted(seen) == list(range(20))  # a partition of the 20 digits
+
+
+@needs_shared_mnist
+@needs_shared_bsds
+def test_t10k_source_builds_real_mnist_m_from_the_shared_files(tmp_path):
+    dm = MNISTMDataModule(source="t10k", root=str(SHARED), cache_dir=str(tmp_path))
+    dm.setup()
+    sizes = {s: len(dm.split_tensors(s)["y"]) for s in ("train", "val", "test")}
+    assert sizes == {"train": 7000, "val": 1000, "test": 2000}
+    counts = torch.bincount(dm.split_tensors("train")["y"], minlength=10)
+    assert counts.min() > 550 and counts.max() < 900  # every class, none dominant
