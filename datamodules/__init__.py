@@ -10,6 +10,7 @@ from typing import Any
 from datamodules.base import PairedDataModule, TensorBatchLoader
 from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
 from datamodules.ravdess import RavdessDataModule
+from datamodules.semantic_kitti import SemanticKittiDataModule
 from datamodules.synthetic import SyntheticDataModule
 
 DATAMODULES: dict[str, type[PairedDataModule]] = {
@@ -17,6 +18,7 @@ DATAMODULES: dict[str, type[PairedDataModule]] = {
     "mnist_m": MNISTMDataModule,
     "digits": DigitsDataModule,
     "ravdess": RavdessDataModule,
+    "semantic_kitti": SemanticKittiDataModule,
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "MNISTMDataModule",
     "PairedDataModule",
     "RavdessDataModule",
+    "SemanticKittiDataModule",
     "SyntheticDataModule",
     "TensorBatchLoader",
     "build_datamodule",
