@@ -14,8 +14,14 @@ from torch import nn
 from models.base import ModelOutput
 from models.cnn2d import CNN2d
 from models.mlp import MLP
+from models.pmf import PMFLight, PMFStream
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn2d": CNN2d}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn2d": CNN2d,
+    "pmf": PMFStream,
+    "pmf_light": PMFLight,
+}
 
 
 def build_model(
@@ -39,4 +45,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MLP", "MODELS", "CNN2d", "ModelOutput", "build_model", "count_parameters"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "CNN2d",
+    "ModelOutput",
+    "PMFLight",
+    "PMFStream",
+    "build_model",
+    "count_parameters",
+]
