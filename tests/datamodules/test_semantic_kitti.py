@@ -103,7 +103,8 @@ def test_the_nearest_point_wins_a_shared_pixel(data_root):
     points, calib = _fixture_scan(data_root)
     projection = project_scan(points, lidar_to_image(calib), fx.HEIGHT, fx.WIDTH)
     # planted 2 (building, 5 m) and 5 (vegetation, 15 m, written last) share pixel (20, 48)
-    assert projection.point_index[20, 48] == 2
+    shown = dict(zip(projection.hit_pixels.tolist(), projection.hit_points.tolist(), strict=True))
+    assert shown[20 * fx.WIDTH + 48] == 2
     assert int(projection.valid.sum()) == len(fx.default_planted(0)) - 1
     image = point_image(points, projection)
     assert image[4, 20, 48] == pytest.approx(0.9)  # the near point's remission
