@@ -397,3 +397,17 @@ def test_kitti_object_samples_use_p2_r0_rect_tr_velo_to_cam(frame, inside):
     velo = np.eye(4)
     velo[:3] = np.array(calib["Tr_velo_to_cam"].split(), float).reshape(3, 4)
     assert not np.allclose(matrix, p2 @ velo, atol=1e-3)
+
+
+def test_the_experiment_config_builds_the_datamodule_and_the_network(data_root):
+    from ntdh_bench.experiment import load_config
+
+    config = load_config("semantic_kitti")
+    args = {k: v for k, v in config["dataset"].items() if k != "name"}
+    args.update(root=str(data_root), train_sequences=[0, 1], num_workers=0)
+    dm = build_datamodule(config["dataset"]["name"], **args)
+    assert dm.scan_stride == 20 and dm.sequences["val"] == (8,)
+    assert dm.input_shapes() == ((3, 256, 1024), (5, 256, 1024))
+    model_args = {k: v for k, v in config["model"].items() if k != "name"}
+    model = build_model(config["model"]["name"], dm.input_shapes()[1], dm.num_classes, **model_args)
+    assert model.backbone == "resnet34" and model.output_stride == 16
