@@ -106,6 +106,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
+    if not args.scan.is_file():
+        print(f"skipped: no scan at {args.scan}; pass --scan, --labels and --calib")
+        return
     points = read_scan(args.scan)
     labels = (read_labels(args.labels, len(points)) & 0xFFFF).astype(np.int64)
     matrix = lidar_to_image(args.calib)

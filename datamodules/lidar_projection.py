@@ -89,7 +89,7 @@ def project_scan(
     candidate &= (-near < V) & (height * D + near > V)
     front = torch.nonzero(candidate).squeeze(1)
     xyz = p[front, :3].to(torch.float64)
-    depth = torch.addmv(m[2, 3], xyz, m[2, :3])
+    depth = xyz @ m[2, :3] + m[2, 3]
     uv = torch.addmm(m[:2, 3], xyz, m[:2, :3].T) / depth[:, None]
     u, v = uv.unbind(1)
     keep = (depth > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)

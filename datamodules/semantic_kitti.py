@@ -22,13 +22,15 @@ holds ``sequences/NN/{velodyne,labels,image_2}`` and ``calib.txt`` as published;
 * ``y`` ``(Hc, Wc)`` int64: that point's class (0..18), 255 where no point or unlabelled; with
   ``dense_label_dir`` the per-pixel label of ``<dense_label_dir>/NN/FFFFFF.png`` instead
   (one-channel 8-bit PNG of the image's size in learning ids: 0 unlabelled, 1..19 the
-  classes, 255 ignored; the dense labels of the paper's ref. [48]);
+  classes, 255 ignored; the dense labels of the paper's ref. [48]). ``valid`` stays the
+  lidar's: where the suite's module masks ``y`` outside ``valid`` (the dense-task contract),
+  dense labels count only at point pixels;
 * ``valid`` ``(Hc, Wc)`` bool: a point landed there; ``index``: the frame's position in its split.
 * with ``return_points=True`` also, for point-wise predictions and metrics: ``points_uv``
   ``(max_points, 2)`` int64 ``(col, row)`` in the sample's frame of every point of the scan
   that falls inside the crop (occluded ones too; ``-1`` padding), ``points_label``
-  ``(max_points,)`` (255 padding) and ``num_points``. Off by default: it adds about 2.4 MB
-  per sample.
+  ``(max_points,)`` (255 padding) and ``num_points``. Off by default: it adds 3.6 MB per
+  sample at the default ``max_points`` (150,000; a HDL-64 scan has about 120,000 points).
 
 **Crops.** Both modalities and the labels are cut by one window. Training: a random
 ``crop_size`` window (default 256 x 1024, PMF's released training crop) and a horizontal flip
@@ -53,7 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -63,6 +65,7 @@ from torch.utils.data import Dataset
 from datamodules.base import PairedDataModule
 from datamodules.lidar_projection import (
     POINT_CHANNELS,
+    ScanProjection,
     label_image,
     normalize_point_image,
     point_image,
@@ -182,7 +185,7 @@ class SemanticKittiScans(Dataset):
 
     def _points(
         self,
-        projection: Any,
+        projection: ScanProjection,
         classes: np.ndarray,
         window: tuple[int, int, int, int, bool],
         frame: ScanFiles,

@@ -136,6 +136,15 @@ def test_projection_equals_the_numpy_reference_on_random_scans():
         assert 100 < ours[1].sum() < len(points)  # shared pixels were resolved
 
 
+def test_empty_scans_and_points_behind_the_camera_project_to_nothing():
+    matrix = fx.lidar_to_pixel_matrix()
+    behind = np.c_[fx.point_for_pixel(10, 10, 5.0)[None] * [-1, 1, 1], [[0.5]]]
+    for points in (np.zeros((0, 4), np.float32), behind.astype(np.float32)):
+        projection = project_scan(points, matrix, fx.HEIGHT, fx.WIDTH)
+        assert len(projection.indices) == 0 and not projection.valid.any()
+        assert (point_image(points, projection) == 0).all()
+
+
 # --- labels ----------------------------------------------------------------------------------
 def test_labels_go_through_learning_map_with_unknown_ids_and_instances_ignored(data_root):
     config = load_label_config(data_root / "semantic_kitti" / "semantic-kitti.yaml")
