@@ -420,3 +420,21 @@ def test_the_experiment_config_builds_the_datamodule_and_the_network(data_root):
     model_args = {k: v for k, v in config["model"].items() if k != "name"}
     model = build_model(config["model"]["name"], dm.input_shapes()[1], dm.num_classes, **model_args)
     assert model.backbone == "resnet34" and model.output_stride == 16
+
+
+def test_cross_modal_kd_trains_and_validates_on_the_fixture(data_root, lean_trainer):
+    from ntdh_bench.distillers import build_distiller
+    from ntdh_bench.module import CrossModalKD
+
+    torch.manual_seed(0)
+    dm = _dm(data_root)
+    shape_a, shape_b = dm.input_shapes()
+    teacher = build_model("pmf_light", shape_a, dm.num_classes)
+    student = build_model("pmf_light", shape_b, dm.num_classes)
+    module = CrossModalKD(
+        student, teacher, build_distiller("kd", task="dense"), dm.num_classes, task="dense"
+    )
+    trainer = lean_trainer(max_epochs=1)
+    trainer.fit(module, datamodule=dm)
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    assert 0.0 <= metrics["val/miou"] <= 1.0 and np.isfinite(metrics["val/ncjsd"])
