@@ -81,13 +81,16 @@ def project_scan(
     """
     p = torch.as_tensor(points)
     m = torch.as_tensor(matrix, dtype=torch.float64)
-    # NumPy's float32 product: torch's GEMM is three times slower for an (N, 3) x (3, 3)
-    U, V, D = torch.from_numpy(p[:, :3].float().numpy() @ m[:, :3].T.float().numpy()).unbind(1)
-    U, V, D = U + float(m[0, 3]), V + float(m[1, 3]), D + float(m[2, 3])
-    near = D.abs() + 1  # |D| + 1: the margin, and no sign test on a tiny D
-    candidate = (D > -0.01) & (-near < U) & (width * D + near > U)
-    candidate &= (-near < V) & (height * D + near > V)
-    front = torch.nonzero(candidate).squeeze(1)
+    # float32 pass in NumPy as (3, N) rows: contiguous rows make the elementwise tests about
+    # three times faster than on the columns of an (N, 3) array, and NumPy's product of an
+    # (N, 3) by a (3, 3) is three times faster than torch's
+    m32 = m.float().numpy()
+    u32, v32, d32 = m32[:, :3] @ p[:, :3].float().numpy().T + m32[:, 3:]  # U, V, D
+    near = np.abs(d32) + 1  # |D| + 1: the margin, and no sign test on a tiny D
+    candidate = d32 > -0.01
+    candidate &= (u32 > -near) & (v32 > -near)
+    candidate &= (u32 < width * d32 + near) & (v32 < height * d32 + near)
+    front = torch.from_numpy(np.flatnonzero(candidate))
     xyz = p[front, :3].to(torch.float64)
     depth = xyz @ m[2, :3] + m[2, 3]
     uv = torch.addmm(m[:2, 3], xyz, m[:2, :3].T) / depth[:, None]
