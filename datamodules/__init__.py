@@ -12,6 +12,7 @@ from datamodules.mnist_m import DigitsDataModule, MNISTMDataModule
 from datamodules.nyu_depth import NYUDepthDataModule
 from datamodules.nyu_ssc import NYUSSCDataModule
 from datamodules.ravdess import RavdessDataModule
+from datamodules.semantic_kitti import SemanticKittiDataModule
 from datamodules.synthetic import SyntheticDataModule
 
 DATAMODULES: dict[str, type[PairedDataModule]] = {
@@ -21,6 +22,7 @@ DATAMODULES: dict[str, type[PairedDataModule]] = {
     "ravdess": RavdessDataModule,
     "nyu_ssc": NYUSSCDataModule,
     "nyu_depth": NYUDepthDataModule,
+    "semantic_kitti": SemanticKittiDataModule,
 }
 
 
@@ -42,6 +44,7 @@ __all__ = [
     "NYUSSCDataModule",
     "PairedDataModule",
     "RavdessDataModule",
+    "SemanticKittiDataModule",
     "SyntheticDataModule",
     "TensorBatchLoader",
     "build_datamodule",

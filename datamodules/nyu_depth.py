@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import PairedDataModule
+from datamodules.base import IGNORE_INDEX, PairedDataModule
 from ntdh_core import paths
 
 MAT_FILE = "nyu_depth_v2_labeled.mat"
@@ -55,7 +55,6 @@ MAT_URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_lab
 META_URL = "https://github.com/ankurhanda/nyuv2-meta-data"
 RGB_MEAN = (0.485, 0.456, 0.406)  # ImageNet's, as for ImageNet-pretrained encoders
 RGB_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 255
 N_RAW_CLASSES = 894
 
 # 40 -> 13 (index 0: unlabelled), the classMapping13.mat of ankurhanda/SceneNetv1.0 (Couprie et

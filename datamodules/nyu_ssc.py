@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import PairedDataModule
+from datamodules.base import IGNORE_INDEX, PairedDataModule
 from ntdh_core import paths
 
 SSC_CLASSES = (
@@ -85,7 +85,6 @@ NPZ_KEYS = ("rgb", "depth", "tsdf_hr", "tsdf_lr", "target_lr", "position")
 GRID = (60, 36, 60)  # the target's (x, y, z) = (W, H, D) grid
 SCALE = 4  # the 240 x 144 x 240 grid (2 cm voxels) downsampled by 4 (8 cm)
 TSDF_EMPTY = 0.001  # the flipped TSDF's value for observed free space and above
-IGNORE_INDEX = 255
 DATA_URL = "https://github.com/waterljwant/SSC (Data Preparation: the repackaged NYU .npz)"
 STUDENT_INPUTS = ("depth", "tsdf")
 

@@ -14,9 +14,16 @@ from torch import nn
 from models.base import ModelOutput
 from models.cnn2d import CNN2d
 from models.mlp import MLP
+from models.pmf import PMFLight, PMFStream
 from models.ssc import SSCNet
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn2d": CNN2d, "ssc": SSCNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn2d": CNN2d,
+    "pmf": PMFStream,
+    "pmf_light": PMFLight,
+    "ssc": SSCNet,
+}
 
 
 def build_model(
@@ -45,6 +52,8 @@ __all__ = [
     "MODELS",
     "CNN2d",
     "ModelOutput",
+    "PMFLight",
+    "PMFStream",
     "SSCNet",
     "build_model",
     "count_parameters",

@@ -29,6 +29,8 @@ import math
 import torch
 from torch import Tensor
 
+from datamodules.base import IGNORE_INDEX
+
 __all__ = [
     "decoupled_jsd",
     "decoupled_kl",
@@ -164,7 +166,9 @@ def divergence_report(
     }
 
 
-def dense_keep_mask(target: Tensor, valid: Tensor | None, ignore_index: int = 255) -> Tensor:
+def dense_keep_mask(
+    target: Tensor, valid: Tensor | None, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
     """``(B, *S)`` bool: the pixels (voxels) that are labelled and, when ``valid`` is given, valid.
 
     Works for any number of spatial dims ``S``; ``valid`` must have ``target``'s shape.
@@ -180,7 +184,7 @@ def dense_keep_mask(target: Tensor, valid: Tensor | None, ignore_index: int = 25
 
 
 def flatten_dense(
-    logits: Tensor, target: Tensor, valid: Tensor | None = None, ignore_index: int = 255
+    logits: Tensor, target: Tensor, valid: Tensor | None = None, ignore_index: int = IGNORE_INDEX
 ) -> tuple[Tensor, Tensor]:
     """Flatten dense ``(B, C, *S)`` logits and ``(B, *S)`` labels to the kept pixels (voxels).
 

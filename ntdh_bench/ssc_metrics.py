@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-IGNORE_INDEX = 255
+from datamodules.base import IGNORE_INDEX
 
 
 class SSCMetrics(MulticlassConfusionMatrix):

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from datamodules.base import IGNORE_INDEX
 from models.base import ModelOutput
 from ntdh_bench.divergence import dense_keep_mask, flatten_dense
 
@@ -97,7 +98,10 @@ class Distiller(nn.Module):
 
 
 def paired_logits(
-    student: ModelOutput, teacher: ModelOutput, batch: dict[str, Tensor], ignore_index: int = 255
+    student: ModelOutput,
+    teacher: ModelOutput,
+    batch: dict[str, Tensor],
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Student and teacher logits as ``(N, C)`` rows with their targets and weights.
 
@@ -122,7 +126,7 @@ def paired_logits(
     return logits_s, logits_t, target, weight
 
 
-def sample_weight(batch: dict[str, Tensor], ignore_index: int = 255) -> Tensor | None:
+def sample_weight(batch: dict[str, Tensor], ignore_index: int = IGNORE_INDEX) -> Tensor | None:
     """The batch's ``distill_weight`` as one weight per sample ``(B,)``, or ``None``.
 
     Dense tasks (any number of spatial dims): the mean of a sample's pixel (voxel) weights over
