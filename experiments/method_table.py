@@ -30,7 +30,7 @@ from ntdh_bench.config import run_config
 from ntdh_bench.experiment import RunSpec
 from ntdh_bench.masking import MASK_KINDS
 from ntdh_bench.plotting import plot_estimates
-from ntdh_bench.report import Records, mean_over, pct, reference_lines
+from ntdh_bench.report import Records, mean_over, near_chance, pct, reference_lines
 from ntdh_bench.stats import Estimate, mean_ci
 from ntdh_bench.tables import Table
 from ntdh_bench.teachers import cached_mask
@@ -53,6 +53,7 @@ class MethodTable(DatasetExperiment):
     data_labels: ClassVar[dict[str, str]] = {}
     ratio_figure = ("fig9a", "Fig. 9(a)")
     input_heatmaps = True  # Fig. 10: only for 28x28 digit inputs
+    num_classes = 10  # for the near-chance flag of the teacher column
     grid_flags: ClassVar[tuple[str, ...]] = ("ratios",)
 
     @classmethod
@@ -167,12 +168,21 @@ class MethodTable(DatasetExperiment):
                 (f"w mask (λ = {ratio:.2f})" if i == 0 else "", LETTER[k], k, ratio)
                 for i, k in enumerate(self.kinds)
             ]
+        chance = []
         for title, letter, kind, ratio in rows:
             cells = [self._cell(records, m, kind, ratio) for m in self.methods]
             teacher = self._kd(records, None, kind, ratio).estimate(
                 "test/teacher_acc", percent=True
             )
+            if near_chance(teacher.mean / 100, self.num_classes):
+                chance.append(f"{kind} at {ratio:g}")
             table.add_row(title, letter, *cells, teacher)
+        if chance:
+            table.caption += (
+                f" The teacher used is near chance (within 5 points of "
+                f"{100 / self.num_classes:.1f}%) "
+                f"for: {'; '.join(chance)}: KD from it is close to no KD."
+            )
         return table
 
     def _data_label(self) -> str:

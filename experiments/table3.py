@@ -30,6 +30,7 @@ class Table3(MethodTable):
     data_labels: ClassVar[dict[str, str]] = {"ravdess": "RAVDESS, audio teaches video"}
     ratio_figure = ("fig9b", "Fig. 9(b)")
     input_heatmaps = False  # no 28x28 input to draw the masks on
+    num_classes = 8  # RAVDESS's emotions
 
 
 if __name__ == "__main__":

@@ -126,3 +126,21 @@ def test_run_config_builds_resolved_configs_per_role():
 def test_every_registered_class_names_its_options_so_configs_can_check_them(where, func):
     kinds = {p.kind for p in inspect.signature(func).parameters.values()}
     assert inspect.Parameter.VAR_KEYWORD not in kinds, f"{where} hides options behind **kwargs"
+
+
+def test_the_released_protocol_is_the_authors_training_and_part_of_the_run_identity():
+    suite = run_config(dataset_config("synthetic"), "kd", 0, {"gap": 0.5})
+    released = run_config(dataset_config("synthetic", protocol="released"), "kd", 0, {"gap": 0.5})
+    assert released["protocol"] == "released" and suite["protocol"] == "suite"
+    assert released["dataset"]["batch_size"] == 6000  # full batch
+    student = released["student"]
+    assert (student["optimizer"], student["lr"], student["momentum"]) == ("sgd", 0.01, 0.0)
+    assert (released["student"]["lam"], released["student"]["ce_weight"]) == (1.0, 1.0)  # CE + KL
+    assert released["distiller"]["T"] == 1.0 and released["student"]["epochs"] == 1000
+    assert run_id(released) != run_id(suite)
+    ravdess = run_config(dataset_config("ravdess", protocol="released"), "kd", 0)
+    assert (ravdess["student"]["lam"], ravdess["student"]["ce_weight"]) == (1.0, 0.0)  # KD only
+    mnist = dataset_config("mnist_m", protocol="released")
+    assert mnist["dataset"]["noise"] == {"mnist": 4.0, "mnist_m": 1.0}
+    with pytest.raises(ConfigError, match="no 'released' protocol"):
+        dataset_config("nyu_ssc", protocol="released")

@@ -145,3 +145,24 @@ def test_invalid_module_arguments_raise():
         CrossModalKD(student, teacher, None, 4, optimizer="lbfgs")
     with pytest.raises(ValueError, match="modality"):
         UnimodalModule(student, 4, modality="xc")
+
+
+@pytest.mark.parametrize(("ce_weight", "lam"), [(1.0, 1.0), (0.0, 1.0)])
+def test_released_loss_forms_weigh_ce_and_distillation_separately(tiny_synthetic, ce_weight, lam):
+    """CE + KL (released synthetic) and the distillation term alone (released RAVDESS)."""
+    teacher, student = _nets()
+    tiny_synthetic.setup()
+    batch = next(iter(tiny_synthetic.train_dataloader()))
+    module = CrossModalKD(
+        student, teacher, build_distiller("kd", T=1.0), 4, lam=lam, ce_weight=ce_weight,
+        cache_teacher=False,
+    )  # fmt: skip
+    module.log = lambda *a, **k: None
+    loss = module.training_step(batch, 0)
+    logits_s, logits_t = student(batch["xb"]).logits, teacher(batch["xa"]).logits
+    ce = torch.nn.functional.cross_entropy(logits_s, batch["y"])
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(logits_s, 1), torch.log_softmax(logits_t, 1), log_target=True,
+        reduction="batchmean",
+    )  # fmt: skip
+    torch.testing.assert_close(loss, ce_weight * ce + lam * kl)
