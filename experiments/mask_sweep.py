@@ -181,7 +181,8 @@ class MaskSweep(DatasetExperiment):
                 if self.mask == "feature" and near_chance(
                     teacher.mean / 100, self._classes(records)
                 ):
-                    chance.append(f"{kind} {ratio} at gap {g}")
+                    at = "" if ratio is None else f" {ratio:g}"
+                    chance.append(f"{kind}{at} at gap {g}")
                 table.add_row(
                     g,
                     reading,
