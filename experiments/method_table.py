@@ -175,7 +175,7 @@ class MethodTable(DatasetExperiment):
                 "test/teacher_acc", percent=True
             )
             if near_chance(teacher.mean / 100, self.num_classes):
-                chance.append(f"{kind} at {ratio:g}")
+                chance.append("w/o mask" if kind is None else f"{kind} at {ratio:g}")
             table.add_row(title, letter, *cells, teacher)
         if chance:
             table.caption += (
