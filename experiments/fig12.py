@@ -81,10 +81,14 @@ def draw_fig12(
 
 
 def camera_image(xa: Tensor) -> np.ndarray:
-    """The standardised camera image back in [0, 1], ``H x W x 3``."""
+    """The standardised camera image back in [0, 1], ``H x W x 3``, without the zero padding
+    that the datamodule adds at the bottom and right (rows / columns that are all zero)."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (xa * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    content = (xa != 0).any(dim=0)
+    rows = int(content.any(dim=1).nonzero().max()) + 1 if content.any() else xa.shape[1]
+    cols = int(content.any(dim=0).nonzero().max()) + 1 if content.any() else xa.shape[2]
+    return (xa[:, :rows, :cols] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def fig12(
