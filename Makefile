@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install test test-slow lint format demo claims fig3 fig6 fig8 table1 table2 table3 tensorboard bench clean help
+.PHONY: install test test-slow lint format demo claims fig3 fig6 fig8 table1 table2 table3 table4 tensorboard bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,9 @@ table2: $(STAMP)  ## Table II, Figs. 9a, 10: six KD methods x feature masks (DAT
 
 table3: $(STAMP)  ## Table III, Fig. 9b: the six KD methods x feature masks on RAVDESS
 	$(PY) experiments/table3.py $(ARGS)
+
+table4: $(STAMP)  ## Table IV: PMF- and 2DPASS-style systems x sample masks (GPU-sized; ARGS="--gpus 4")
+	$(PY) experiments/table4.py $(ARGS)
 
 claims: $(STAMP)  ## results/CLAIMS.md: every verdict of every finished experiment, one page
 	$(VENV)/bin/ntdh claims

@@ -71,6 +71,11 @@ class MaskSweep(DatasetExperiment):
             default=None,
             help="readings of Algorithm 1 to run (feature mask; default: the config's)",
         )
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="the config's mask_sweep.quick size (a smoke test on a small data root)",
+        )
 
     def results_name(self, args: argparse.Namespace) -> str:
         paper = args.dataset == "synthetic" and args.mask == "feature"
@@ -208,6 +213,10 @@ class MaskSweep(DatasetExperiment):
         print(f"written to {self.results_dir}/ ({written})")
 
     @staticmethod
+    def _dense(records: Records) -> bool:
+        return records.metric_name() == "test/miou"
+
+    @staticmethod
     def _classes(records: Records) -> int | None:
         config = records.first_config()
         return None if config is None else config["dataset"].get("n_classes")
@@ -226,10 +235,11 @@ class MaskSweep(DatasetExperiment):
 
     def _caption_detail(self, records: Records) -> str:
         if self.mask == "sample":
+            items = "points (valid, labelled pixels)" if self._dense(records) else "samples"
             return (
-                "Sample mask (Algorithm 2): floor(ratio * n) samples of each batch of n are "
+                f"Sample mask (Algorithm 2): floor(ratio * n) {items} of each batch of n are "
                 "dropped from the distillation term; pssm weighs them by the released code's "
-                "omega. Masked column: the mean fraction of samples with weight 0."
+                f"omega. Masked column: the mean fraction of {items} with weight 0."
             )
         spec = (
             next((r["config"][self.key] for r in records if r["config"].get(self.key)), None) or {}

@@ -52,6 +52,11 @@ class WeightSweep(DatasetExperiment):
         parser.add_argument(
             "--values", type=float, nargs="+", default=None, help="weights to sweep"
         )
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="the config's weight_sweep.quick size (a smoke test on a small data root)",
+        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -170,6 +175,7 @@ class WeightSweep(DatasetExperiment):
     def verdicts(self, records: Records, metric: str) -> list[Verdict]:
         """Paired over seeds at the largest gap: beta hurts, beta matters more than alpha,
         and KD falls below no KD (negative transfer)."""
+        label = "mIoU" if metric == "test/miou" else "acc"
         gaps = self.gaps()
         gap = None if gaps == [None] else max(g for g in gaps if g is not None)
         where = "" if gap is None else f" at gap {gap:g}"
@@ -197,7 +203,7 @@ class WeightSweep(DatasetExperiment):
             verdict_from_differences(
                 f"beta moves the student more than alpha does{where}",
                 spread,
-                f"|acc(beta = {hi:g}) - acc(beta = {lo:g})| minus the same for alpha",
+                f"|{label}(beta = {hi:g}) - {label}(beta = {lo:g})| minus the same for alpha",
                 scale=100,
                 unit=" points",
                 digits=1,

@@ -15,6 +15,7 @@ from models.base import ModelOutput
 from models.cnn2d import CNN2d
 from models.mlp import MLP
 from models.pmf import PMFLight, PMFStream
+from models.point_branch import PointImageBranch
 from models.ssc import SSCNet
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -22,6 +23,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "cnn2d": CNN2d,
     "pmf": PMFStream,
     "pmf_light": PMFLight,
+    "point_branch": PointImageBranch,
     "ssc": SSCNet,
 }
 
@@ -54,6 +56,7 @@ __all__ = [
     "ModelOutput",
     "PMFLight",
     "PMFStream",
+    "PointImageBranch",
     "SSCNet",
     "build_model",
     "count_parameters",

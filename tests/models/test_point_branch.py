@@ -75,3 +75,67 @@ def test_arguments_are_checked():
         PointBranch(4, 19, widths=(8, 16), voxel_sizes=(0.2,))
     with pytest.raises(ValueError, match=r"\(C,\) points"):
         PointBranch.from_shape((4, 10), 19)
+
+
+def _point_image(gen: torch.Generator, b: int = 2, h: int = 6, w: int = 8) -> torch.Tensor:
+    """A standardised point image with about a third of the pixels holding a point."""
+    x = torch.randn(b, 5, h, w, generator=gen)
+    return x * (torch.rand(b, 1, h, w, generator=gen) < 0.35)
+
+
+def test_point_image_branch_is_the_point_branch_scattered_to_the_valid_pixels():
+    from models import MODELS, build_model
+    from models.point_branch import PointImageBranch
+
+    gen = torch.Generator().manual_seed(0)
+    x = _point_image(gen)
+    net = build_model("point_branch", (5, 6, 8), 4, widths=(8, 16), voxel_sizes=(0.5, 1.0))
+    assert MODELS["point_branch"] is PointImageBranch and isinstance(net, PointImageBranch)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+        valid = (x != 0).any(dim=1)
+        # the same points by hand: (x, y, z, remission, range) features, metres for the voxels
+        pixels = x.permute(0, 2, 3, 1)[valid]
+        metres = pixels * net.std + net.mean
+        feats = torch.cat([pixels[:, 1:], pixels[:, :1]], dim=1)
+        direct = net.points(feats, valid.nonzero()[:, 0], metres[:, 1:4])
+    assert out.logits.shape == (2, 4, 6, 8) and out.embedding.shape == (2, 16)
+    # red if the logits land on other pixels, or the channels / units are mixed up
+    torch.testing.assert_close(out.logits.permute(0, 2, 3, 1)[valid], direct.logits)
+    assert torch.all(out.logits.permute(0, 2, 3, 1)[~valid] == 0)
+
+
+def test_point_image_branch_voxels_are_in_metres():
+    from models.point_branch import PointImageBranch
+
+    # two points 0.1 m apart share a 1 m voxel only if the standardisation is undone
+    net = PointImageBranch(5, 3, widths=(4,), voxel_sizes=(1.0,)).eval()
+    raw = torch.tensor([[10.0, 10.2, 0.3, -1.2, 0.2], [10.1, 10.3, 0.3, -1.2, 0.2]])
+    x = torch.zeros(1, 5, 1, 3)
+    x[0, :, 0, 0], x[0, :, 0, 2] = ((raw - net.mean) / net.std).unbind(0)
+    grouped = []
+    net.points.stages[0].register_forward_hook(lambda m, a, o: grouped.append(a[1]))
+    with torch.no_grad():
+        net(x)
+    from models.point_branch import voxel_ids
+
+    assert voxel_ids(grouped[0], 1.0).tolist() == [0, 0]
+
+
+def test_point_branch_pair_builds_the_2d_teacher_for_the_camera_and_trains():
+    from datamodules.lidar_projection import POINT_MEAN, POINT_STD
+    from models import build_model
+    from models import point_branch as pb
+    from models.pmf import PMFStream
+
+    assert pb.POINT_MEAN == POINT_MEAN and pb.POINT_STD == POINT_STD  # the datamodule's
+    teacher = build_model("point_branch", (3, 32, 64), 5, image_backbone="light")
+    assert isinstance(teacher, PMFStream) and teacher.backbone == "light"
+    student = build_model("point_branch", (5, 32, 64), 5, widths=(8,), voxel_sizes=(0.4,))
+    x = _point_image(torch.Generator().manual_seed(1), 2, 32, 64)
+    out = student(x)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in student.parameters())
+    empty = student(torch.zeros(1, 5, 4, 4))  # no point at all: zeros, still in the graph
+    assert torch.all(empty.logits == 0) and empty.logits.requires_grad
