@@ -36,6 +36,13 @@ class DatasetExperiment(Experiment):
             parser.add_argument(
                 "--gaps", type=float, nargs="+", default=None, help="domain gaps (synthetic data)"
             )
+        if cls.section:
+            parser.add_argument(
+                "--quick",
+                action="store_true",
+                help=f"the config's {cls.section}.quick size: a smoke test (tiny epochs, small "
+                "data) that checks the pipeline, not the claims",
+            )
         if "ratios" in cls.grid_flags:
             parser.add_argument("--ratios", type=float, nargs="+", default=None, help="mask ratios")
         cls.add_experiment_arguments(parser)

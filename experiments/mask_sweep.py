@@ -71,11 +71,6 @@ class MaskSweep(DatasetExperiment):
             default=None,
             help="readings of Algorithm 1 to run (feature mask; default: the config's)",
         )
-        parser.add_argument(
-            "--quick",
-            action="store_true",
-            help="the config's mask_sweep.quick size (a smoke test on a small data root)",
-        )
 
     def results_name(self, args: argparse.Namespace) -> str:
         paper = args.dataset == "synthetic" and args.mask == "feature"

@@ -64,11 +64,6 @@ class MethodTable(DatasetExperiment):
         parser.add_argument(
             "--kinds", nargs="+", choices=MASK_KINDS, default=None, help="mask kinds"
         )
-        parser.add_argument(
-            "--quick",
-            action="store_true",
-            help=f"the config's {cls.section}.quick size (a smoke test: tiny epochs, saliency)",
-        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)

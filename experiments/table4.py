@@ -72,11 +72,6 @@ class Table4(DatasetExperiment):
         parser.add_argument(
             "--kinds", nargs="+", choices=MASK_KINDS, default=None, help="sample mask kinds"
         )
-        parser.add_argument(
-            "--quick",
-            action="store_true",
-            help="the config's table4.quick size (light networks, tiny crops, one epoch)",
-        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)

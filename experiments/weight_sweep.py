@@ -52,11 +52,6 @@ class WeightSweep(DatasetExperiment):
         parser.add_argument(
             "--values", type=float, nargs="+", default=None, help="weights to sweep"
         )
-        parser.add_argument(
-            "--quick",
-            action="store_true",
-            help="the config's weight_sweep.quick size (a smoke test on a small data root)",
-        )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
