@@ -14,8 +14,10 @@ import torch
 from datamodules import SyntheticDataModule
 from datamodules.nyu_ssc import SSC_CLASSES, NYUSSCDataModule
 from models import build_model
+from ntdh_bench.config import dataset_config, run_config
 from ntdh_bench.extra_metrics import metric_callbacks
 from ntdh_bench.module import CrossModalKD
+from ntdh_bench.runner import RunEnv, execute_run
 from ntdh_bench.ssc_metrics import SSCMetrics, SSCMonitor
 
 
@@ -99,7 +101,8 @@ def test_monitor_logs_student_and_teacher_scores_over_the_split_from_a_real_run(
             scores[network]["completion_recall"].item()
         )
     assert scores["student"]["ssc_miou"] != scores["teacher"]["ssc_miou"]  # the check can tell
-    present = [n for n, v in zip(SSC_CLASSES, scores["student"]["iou"].tolist()) if v == v]
+    iou = scores["student"]["iou"].tolist()
+    present = [n for n, v in zip(SSC_CLASSES, iou, strict=True) if not math.isnan(v)]
     assert {k for k in logged if k.startswith("test/ssc_iou_")} == {
         f"test/ssc_iou_{n}" for n in present
     }
@@ -122,3 +125,23 @@ def test_the_runner_adds_the_metrics_a_datamodule_names(tmp_path):
 
     with pytest.raises(ValueError, match=r"Odd.extra_metrics names unknown metric\(s\) \['nope'\]"):
         metric_callbacks(Odd(n_samples=200, n_train=100))
+
+
+def test_a_kd_run_on_nyu_ssc_records_the_ssc_scores(tmp_path):
+    """``execute_run`` (the sweeps' path) on a NYU SSC fixture: the run's record holds the SSC
+    scores of student and teacher. Red if the runner stopped adding the data's metrics."""
+    sys.path.insert(0, str(Path(__file__).parent / "datamodules"))
+    import nyu_fixtures as fx
+
+    fx.write_ssc(tmp_path / "data", n_train=3, n_test=1)
+    small = {"grid": list(fx.SSC_GRID), "scale": fx.SSC_SCALE}
+    config = dataset_config("nyu_ssc")
+    config["dataset"].update(root=str(tmp_path / "data"), num_workers=0, val_fraction=0.34, **small)
+    config["model"].update(small)
+    config["teacher"]["epochs"] = config["student"]["epochs"] = 1
+    env = RunEnv(runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+    metrics = execute_run(run_config(config, "kd", 0), env).metrics
+    for name in ("ssc_miou", "sc_iou", "sc_precision", "sc_recall"):
+        assert 0.0 <= metrics[f"test/{name}"] <= 1.0
+        assert 0.0 <= metrics[f"test/teacher_{name}"] <= 1.0
+    assert "test/miou" in metrics  # the 12-class mIoU of dense tasks stays beside them
