@@ -119,10 +119,13 @@ class PairedDataModule(L.LightningDataModule):
 
     Subclasses set ``num_classes`` (in ``__init__`` or as a class attribute) and ``task``, and
     implement either :meth:`build_split_tensors` (small data, tensor fast path) or
-    :meth:`build_datasets` (file-backed data, DataLoaders).
+    :meth:`build_datasets` (file-backed data, DataLoaders). ``extra_metrics`` names metrics
+    that runs on the data report beside the task's accuracy or mIoU (e.g. ``"ssc"``, scene
+    completion's scores); ``ntdh_bench.extra_metrics`` resolves the names.
     """
 
     task: ClassVar[str] = "classification"
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
     num_classes: int
 
     def __init__(

@@ -28,6 +28,10 @@ swaps the two (default: RGB teaches). ``raw_depth=True`` reads ``rawDepths`` (th
 measurements, 0 where missing) instead of ``depths`` (the toolbox's in-painted maps, which
 have no holes). ``valid`` is where the depth was measured (> 0).
 
+**Size.** ``resize=(H, W)`` resizes every frame (480 x 640 in the release): RGB bilinearly
+with antialiasing, depth and labels by nearest neighbour, so that a resized pixel keeps one
+measured depth and one label (quick runs on CPU, e.g. ``(240, 320)``); ``None`` keeps the size.
+
 **Splits.** ``train`` is ``trainNdxs`` minus a seeded ``val_fraction``, which is ``val``;
 ``test`` is ``testNdxs``. ``max_images`` keeps the first indices of each, for quick runs.
 """
@@ -42,6 +46,7 @@ import h5py
 import numpy as np
 import scipy.io
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -132,8 +137,10 @@ class NYUDepthDataset(Dataset):
         depth_key: str,
         depth_stats: tuple[float, float],
         teacher: str = "rgb",
+        resize: tuple[int, int] | None = None,
     ) -> None:
         self.mat_path = mat_path
+        self.resize = resize
         self.indices = [int(i) for i in indices]
         self.lookup = torch.from_numpy(lookup)
         self.depth_key = depth_key
@@ -162,6 +169,8 @@ class NYUDepthDataset(Dataset):
                 f"{self.mat_path}: labels of image {n + 1} (1-based) reach {int(raw.max())}; "
                 f"the labelled release has {N_RAW_CLASSES} classes"
             )
+        if self.resize is not None:
+            rgb, depth, raw = _resized(rgb, depth, raw, self.resize)
         mean, std = torch.tensor(RGB_MEAN).view(3, 1, 1), torch.tensor(RGB_STD).view(3, 1, 1)
         rgb = (rgb - mean) / std
         valid = depth > 0
@@ -175,6 +184,17 @@ class NYUDepthDataset(Dataset):
             "valid": valid,
             "index": torch.tensor(i),
         }
+
+
+def _resized(
+    rgb: Tensor, depth: Tensor, labels: Tensor, size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """RGB bilinear (antialiased); depth and labels nearest, keeping one measurement and one
+    label per pixel (interpolating would blend depths across edges and holes)."""
+    rgb = F.interpolate(rgb[None], size, mode="bilinear", antialias=True, align_corners=False)
+    depth = F.interpolate(depth[None, None], size, mode="nearest")
+    labels = F.interpolate(labels[None, None].float(), size, mode="nearest").long()
+    return rgb[0], depth[0, 0], labels[0, 0]
 
 
 class NYUDepthDataModule(PairedDataModule):
@@ -192,6 +212,7 @@ class NYUDepthDataModule(PairedDataModule):
         depth_stats: str | Sequence[float] = "train",
         val_fraction: float = 0.1,
         max_images: int | None = None,
+        resize: Sequence[int] | None = None,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         seed: int = 0,
@@ -209,6 +230,8 @@ class NYUDepthDataModule(PairedDataModule):
             raise ValueError(f"teacher must be one of {self.modalities}, got {teacher!r}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if resize is not None and (len(resize) != 2 or min(resize) < 1):
+            raise ValueError(f"resize must be (H, W) of positive sizes or None, got {resize!r}")
         if depth_stats != "train" and (isinstance(depth_stats, str) or len(depth_stats) != 2):
             raise ValueError(f"depth_stats must be 'train' or (mean, std), got {depth_stats!r}")
         self.root = data_root(root)
@@ -217,6 +240,7 @@ class NYUDepthDataModule(PairedDataModule):
         self.depth_key = "rawDepths" if raw_depth else "depths"
         self.val_fraction = val_fraction
         self.max_images = max_images
+        self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
         self.mat_path = find_file(self.root, MAT_FILE)
         self.splits_path = find_file(self.root, SPLITS_FILE)
         self.mapping_path = find_file(self.root, MAPPING_FILE)
@@ -302,7 +326,8 @@ class NYUDepthDataModule(PairedDataModule):
         return float(mean), float(max(np.sqrt(max(squares / count - mean**2, 0.0)), 1e-6))
 
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        shapes = {"rgb": (3, *self.image_size), "depth": (1, *self.image_size)}
+        size = self.resize or self.image_size
+        shapes = {"rgb": (3, *size), "depth": (1, *size)}
         student = next(m for m in self.modalities if m != self.teacher)
         return shapes[self.teacher], shapes[student]
 
@@ -312,7 +337,13 @@ class NYUDepthDataModule(PairedDataModule):
         lookup = label_lookup(self.mapping_path, self.num_classes)
         return {
             split: NYUDepthDataset(
-                self.mat_path, idx, lookup, self.depth_key, self.depth_stats, self.teacher
+                self.mat_path,
+                idx,
+                lookup,
+                self.depth_key,
+                self.depth_stats,
+                self.teacher,
+                self.resize,
             )
             for split, idx in self.indices().items()
         }

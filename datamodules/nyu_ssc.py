@@ -40,7 +40,8 @@ so 0 is read as "none" (``zero_is_none=False`` keeps it as voxel 0).
 and that are *not* observed free space, i.e. ``tsdf_lr < 0.001`` (occluded or on the surface
 band, the flipped TSDF being negative behind surfaces) or ``tsdf_lr == 1`` (the surface). The
 release lets ``tsdf_lr == 1`` voxels labelled 255 back in; they are unlabelled, so no metric
-counts them there either.
+counts them there either. Runs report the SSC literature's scores (``extra_metrics``: SC IoU,
+SSC mIoU over classes 1-11) beside the 12-class mIoU of dense tasks.
 
 **Classes.** 12: 0 empty, then ceiling, floor, wall, window, chair, bed, sofa, table, tvs,
 furniture, objects (:data:`SSC_CLASSES`). SSC mIoU averages the 11 non-empty ones
@@ -237,7 +238,9 @@ class NYUSSCDataModule(PairedDataModule):
     """NYU SSC (DDRNet's ``.npz``), RGB (teacher by default) and depth; see the module doc."""
 
     task: ClassVar[str] = "dense"
+    extra_metrics: ClassVar[tuple[str, ...]] = ("ssc",)  # SC IoU, SSC mIoU (ntdh_bench)
     num_classes = len(SSC_CLASSES)
+    class_names: ClassVar[tuple[str, ...]] = SSC_CLASSES
     modalities: ClassVar[tuple[str, str]] = ("rgb", "depth")
 
     def __init__(

@@ -12,7 +12,9 @@ class ModelOutput:
     """What a network returns, so that any distiller can read what it needs.
 
     Attributes:
-        logits: ``(B, C)`` for classification or ``(B, C, H, W)`` for dense tasks.
+        logits: ``(B, C)`` for classification or ``(B, C, *spatial)`` for dense tasks:
+            ``(B, C, H, W)`` for images, ``(B, C, D, H, W)`` for voxel grids (NYU SSC), laid
+            out like the batch's ``y`` ``(B, *spatial)``.
         features: intermediate activations, shallow to deep, for feature-based distillers
             (FitNet's hint, SP's last feature map) and for hidden-layer masks.
         embedding: the penultimate vector ``(B, D)`` (CRD, RKD, PKT).

@@ -79,9 +79,13 @@ class Records:
         return self._items[0]["config"] if self._items else None
 
     def metric_name(self) -> str:
-        """``test/miou`` for dense tasks, else ``test/acc``."""
-        dense = any("test/miou" in r.get("metrics", {}) for r in self._items)
-        return "test/miou" if dense else "test/acc"
+        """The headline metric: ``test/ssc_miou`` for scene completion (the SSC literature's
+        mIoU over the non-empty classes), ``test/miou`` for other dense tasks, else
+        ``test/acc``."""
+        for name in ("test/ssc_miou", "test/miou"):
+            if any(name in r.get("metrics", {}) for r in self._items):
+                return name
+        return "test/acc"
 
 
 def mean_over(cells: Iterable[Mapping[int, float]]) -> dict[int, float]:

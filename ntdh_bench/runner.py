@@ -6,6 +6,9 @@
   still measured.
 * ``kd``: the student distilled from the frozen teacher, with the run's masks as callbacks.
 
+Student runs also report the extra metrics their datamodule names in ``extra_metrics`` (e.g.
+NYU SSC's scene-completion scores), through the callbacks of :mod:`ntdh_bench.extra_metrics`.
+
 The config is resolved once (:func:`ntdh_bench.config.resolve_run_config`), the datamodule
 built once, and the teacher prepared by :mod:`ntdh_bench.teachers`. Student runs return their
 per-epoch validation curves as ``history/<metric>/<epoch>`` metrics.
@@ -25,6 +28,7 @@ from ntdh_bench.builders import build_network, build_run_datamodule
 from ntdh_bench.callbacks import DivergenceMonitor, MetricHistory, SampleMask
 from ntdh_bench.config import resolve_run_config
 from ntdh_bench.distillers import build_distiller
+from ntdh_bench.extra_metrics import metric_callbacks
 from ntdh_bench.module import CrossModalKD
 from ntdh_bench.naming import run_folder_name
 from ntdh_bench.results import config_hash
@@ -97,6 +101,7 @@ def _train_student(
     )
     history = MetricHistory()
     callbacks = [*teacher.callbacks, DivergenceMonitor(train["monitor_T"]), history]
+    callbacks += metric_callbacks(dm)  # the metrics the data asks for (SSC's scores)
     if config.get("sample_mask"):
         callbacks.append(SampleMask(**config["sample_mask"]))
     checkpoints = Path(env.runs_dir) / env.experiment / folder / "checkpoints"

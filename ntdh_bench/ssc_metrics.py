@@ -11,16 +11,34 @@ which weighs small scenes more):
   the classes that occur in the labels or predictions (a class absent from both has no IoU).
 
 The confusion matrix is torchmetrics' ``MulticlassConfusionMatrix``, so the metric syncs
-across processes like any torchmetrics object.
+across processes like any torchmetrics object. :class:`SSCMonitor` reports both scores from a
+run, for the student and the teacher (``<stage>/ssc_miou``, ``<stage>/sc_iou``,
+``<stage>/teacher_ssc_miou`` ...); the runner adds it for datamodules whose ``extra_metrics``
+name ``"ssc"`` (:mod:`ntdh_bench.extra_metrics`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
 import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from datamodules.base import IGNORE_INDEX
+
+STAGES = ("val", "test")
+NETWORKS = ("student", "teacher")
+# what is logged, as <stage>/<prefix><name>: the SSC literature's completion and semantic scores
+LOGGED = {
+    "sc_iou": "completion_iou",
+    "sc_precision": "completion_precision",
+    "sc_recall": "completion_recall",
+    "ssc_miou": "ssc_miou",
+}
 
 
 class SSCMetrics(MulticlassConfusionMatrix):
@@ -64,3 +82,69 @@ def ssc_scores(confmat: Tensor) -> dict[str, Tensor]:
         "ssc_miou": semantic[present].mean() if present.any() else semantic.new_zeros(()),
         "iou": iou,
     }
+
+
+class SSCMonitor(L.Callback):
+    """Log SSC scores per validation and test epoch: ``<stage>/{sc_iou, sc_precision,
+    sc_recall, ssc_miou}`` of the student and ``<stage>/teacher_{...}`` of the teacher, over
+    the batch's ``valid`` voxels, accumulated over the whole split (:class:`SSCMetrics`).
+
+    Reads the ``{"student", "teacher"}`` outputs that ``CrossModalKD``'s evaluation steps
+    return (as :class:`ntdh_bench.callbacks.DivergenceMonitor` does). At test time the
+    student's per-class IoU is logged too, as ``test/ssc_iou_<class>`` (``class_names``, else
+    the class index), leaving out classes absent from both labels and predictions.
+    """
+
+    def __init__(self, num_classes: int = 12, class_names: Sequence[str] | None = None) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"SSCMonitor: {len(class_names)} class names for {num_classes} classes"
+            )
+        self.names = list(class_names or (str(k) for k in range(num_classes)))
+        self.metrics = {s: {n: SSCMetrics(num_classes) for n in NETWORKS} for s in STAGES}
+
+    def _start(self, stage: str, pl_module: L.LightningModule) -> None:
+        for metric in self.metrics[stage].values():
+            metric.to(pl_module.device)
+            metric.reset()
+
+    def _update(self, stage: str, outputs: Any, batch: Mapping[str, Tensor]) -> None:
+        if not isinstance(outputs, Mapping):
+            return
+        for network, metric in self.metrics[stage].items():
+            out = outputs.get(network)
+            if out is not None:
+                metric.update(out.logits.detach(), batch["y"], batch.get("valid"))
+
+    def _log(self, stage: str, pl_module: L.LightningModule) -> None:
+        for network, metric in self.metrics[stage].items():
+            if not metric.update_count:
+                continue
+            scores = metric.compute()
+            prefix = f"{stage}/" + ("" if network == "student" else "teacher_")
+            for name, key in LOGGED.items():
+                pl_module.log(prefix + name, scores[key].float(), on_epoch=True)
+            if stage == "test" and network == "student":
+                for name, iou in zip(self.names, scores["iou"].tolist(), strict=True):
+                    if not math.isnan(iou):
+                        pl_module.log(f"test/ssc_iou_{name}", iou, on_epoch=True)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start("val", pl_module)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start("test", pl_module)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        self._update("val", outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update("test", outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log("val", pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log("test", pl_module)

@@ -105,6 +105,25 @@ def test_item_undoes_matlabs_axis_order_and_normalises(nyu_root):
     assert item["y"][1, 1] == 255
 
 
+def test_resize_keeps_one_label_and_one_measured_depth_per_pixel(nyu_root):
+    """Halving 8 x 10 to 4 x 5 takes labels, depth and ``valid`` from every other pixel
+    (nearest) and averages RGB. Red if labels or depth were interpolated (blended classes,
+    depths mixed with holes) or if ``input_shapes`` still named the file's size."""
+    root, _ = nyu_root
+    full, half = _module(root, val_fraction=0.0), _module(root, val_fraction=0.0, resize=(4, 5))
+    assert half.input_shapes() == ((3, 4, 5), (1, 4, 5))
+    full.setup()
+    half.setup()
+    a, b = full._datasets["test"][1], half._datasets["test"][1]
+    assert b["xa"].shape == (3, 4, 5) and b["xb"].shape == (1, 4, 5)
+    assert torch.equal(b["y"], a["y"][::2, ::2])
+    assert torch.equal(b["valid"], a["valid"][::2, ::2])
+    assert torch.equal(b["xb"], a["xb"][:, ::2, ::2])
+    torch.testing.assert_close(b["xa"].mean((1, 2)), a["xa"].mean((1, 2)), atol=0.15, rtol=0)
+    with pytest.raises(ValueError, match="resize must be"):
+        _module(root, resize=(4,))
+
+
 def test_thirteen_classes_go_through_the_forty_class_map(nyu_root):
     root, arrays = nyu_root
     dm = _module(root, num_classes=13, val_fraction=0.0)
