@@ -141,9 +141,9 @@ class Experiment(ABC):
         ``$NTDH_CACHE`` / ``$NTDH_STRICT`` while this runs (:func:`data_environment`)."""
         strict = getattr(self.args, "strict", False)
         with data_environment(getattr(self.args, "cache_dir", None), strict):
-            return self._run(executor)
+            return self._run_sweep(executor)
 
-    def _run(self, executor: Executor) -> list[dict[str, Any]]:
+    def _run_sweep(self, executor: Executor) -> list[dict[str, Any]]:
         specs = self.specs()
         self._validate(specs)
         ids = [s.run_id for s in specs]

@@ -132,7 +132,8 @@ class SweepStatus:
             f"  failed   {self.failed}" + ("  (rerun with --retry-failed)" if self.failed else ""),
             f"  pending  {self.pending}"
             + (f"  ({self.interrupted} interrupted, will resume)" if self.interrupted else ""),
-            f"  mean run {_duration(self.mean_run_s) if self.done else 'n/a'}; ETA {eta}",
+            f"  mean run {_duration(self.mean_run_s) if self.mean_run_s == self.mean_run_s else 'n/a'}"
+            f"; ETA {eta}",
         ]
         if self.skipped_lines:
             lines.append(f"  warning: {self.skipped_lines} line(s) of runs.jsonl are not records")
