@@ -125,6 +125,8 @@ class SweepStatus:
         eta = "unknown (no run finished yet)"
         if self.eta_s == self.eta_s:  # not NaN
             eta = _duration(self.eta_s)
+        timed = self.mean_run_s == self.mean_run_s  # not NaN: some done run has a time
+        mean = _duration(self.mean_run_s) if timed else "n/a"
         lines = [
             f"{self.experiment}: {self.total} runs",
             f"  done     {self.done}",
@@ -132,8 +134,7 @@ class SweepStatus:
             f"  failed   {self.failed}" + ("  (rerun with --retry-failed)" if self.failed else ""),
             f"  pending  {self.pending}"
             + (f"  ({self.interrupted} interrupted, will resume)" if self.interrupted else ""),
-            f"  mean run {_duration(self.mean_run_s) if self.mean_run_s == self.mean_run_s else 'n/a'}"
-            f"; ETA {eta}",
+            f"  mean run {mean}; ETA {eta}",
         ]
         if self.skipped_lines:
             lines.append(f"  warning: {self.skipped_lines} line(s) of runs.jsonl are not records")
