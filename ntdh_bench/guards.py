@@ -98,8 +98,11 @@ class CompletionGuard(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         wanted = trainer.max_epochs
         if wanted is not None and wanted > 0 and trainer.current_epoch < wanted:
-            if trainer.interrupted:
-                return  # Lightning handles interrupts (KeyboardInterrupt) itself
+            step_limit = (
+                trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+            )
+            if trainer.interrupted or step_limit or trainer.fast_dev_run:
+                return  # an interrupt (Lightning handles it), or a step budget that was met
             raise IncompleteRunError(
                 f"training stopped after {trainer.current_epoch} of {wanted} epoch(s) "
                 f"(step {trainer.global_step}); the run is not done"

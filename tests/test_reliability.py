@@ -31,7 +31,7 @@ from models import build_model
 from ntdh_bench.checkpointing import CHECKPOINT_NAME, EpochCheckpoint
 from ntdh_bench.config import apply_overrides, resolve_run_config
 from ntdh_bench.distillers import build_distiller
-from ntdh_bench.guards import DivergedError, DivergenceGuard
+from ntdh_bench.guards import DivergedError, DivergenceGuard, IncompleteRunError
 from ntdh_bench.launchers import SerialLauncher, Sweep, run_lock, run_one
 from ntdh_bench.module import CrossModalKD
 from ntdh_bench.results import ResultStore
@@ -84,6 +84,17 @@ def test_the_divergence_factor_is_a_setting_and_survives_a_resume(monkeypatch):
     guard = DivergenceGuard(factor=5.0)
     guard.load_state_dict({"first": {"train/loss": 2.0}})  # as restored from a checkpoint
     assert guard.state_dict() == {"first": {"train/loss": 2.0}}
+
+
+class StopEarly(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True  # as an early-stopping callback would
+
+
+def test_a_fit_that_ends_before_its_epochs_is_not_done():
+    # red if a run stopped after 1 of 3 epochs were recorded as done
+    with quiet_lightning(), pytest.raises(IncompleteRunError, match="after 1 of 3 epoch"):
+        make_trainer(3, DeviceConfig(), callbacks=[StopEarly()]).fit(RisingLoss())
 
 
 def _sweep(tmp_path: Path, executor) -> Sweep:
