@@ -13,7 +13,12 @@ DataLoaders.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -22,9 +27,76 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255  # the label of dense items (pixels, points, voxels) without a class
 REQUIRED_KEYS = ("xa", "xb", "y")
+
+
+STRICT_VARIABLE = "NTDH_STRICT"
+_DATA_WARNINGS: Counter[str] = Counter()
+
+
+class DataWarning(UserWarning):
+    """A data problem that changes what is trained on (a short read zero-padded, a clip left
+    out, a file skipped): shown to the user and counted in the run record."""
+
+
+class DataError(ValueError):
+    """A data problem under ``--strict`` (``$NTDH_STRICT=1``): the run stops instead."""
+
+
+def strict_data() -> bool:
+    """Whether data problems are errors: ``$NTDH_STRICT`` set to anything but ``""``/``0``."""
+    return os.environ.get(STRICT_VARIABLE, "") not in ("", "0")
+
+
+def report_data_problem(kind: str, message: str, count: int = 1) -> None:
+    """Warn that ``count`` items were affected by problem ``kind`` (``message`` names them),
+    and count them for the run record (:func:`data_warning_counts`); raise
+    :class:`DataError` instead when strict (:func:`strict_data`)."""
+    if count <= 0:
+        return
+    if strict_data():
+        raise DataError(f"{message} (an error under --strict / {STRICT_VARIABLE}=1)")
+    _DATA_WARNINGS[kind] += count
+    log.warning("%s", message)
+    warnings.warn(message, DataWarning, stacklevel=2)
+
+
+def data_warning_counts() -> dict[str, int]:
+    """Items affected per problem kind since :func:`reset_data_warnings` (this process)."""
+    return dict(_DATA_WARNINGS)
+
+
+def reset_data_warnings() -> None:
+    """Start counting afresh (at the start of each run)."""
+    _DATA_WARNINGS.clear()
+
+
+@contextlib.contextmanager
+def data_environment(cache_dir: str | os.PathLike | None, strict: bool) -> Iterator[None]:
+    """Point every default cache location at ``cache_dir`` (``$NTDH_CACHE``) and set
+    ``$NTDH_STRICT`` while the block runs, then restore both.
+
+    Environment variables, not config entries: they reach datamodules built anywhere (pool
+    workers and SLURM jobs inherit them) without changing any run's identity (its config
+    hash). A datamodule's explicit ``cache_dir`` option still wins.
+    """
+    wanted = {STRICT_VARIABLE: "1" if strict else "0"}
+    if cache_dir is not None:
+        wanted["NTDH_CACHE"] = str(cache_dir)
+    previous = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class _EpochSeed:

@@ -14,7 +14,10 @@ The backgrounds are read from the BSDS500 archive ``BSR_bsds500.tgz`` as distrib
 its extracted folder ``BSR/BSDS500/data/images/train/*.jpg``; both give the same images in the
 same (name-sorted) order. Generated splits are cached as ``.npz`` files whose name carries the
 hash of everything that defines them (recipe, seed, split, a digest of the digits, the
-backgrounds' names and sizes), written atomically, so concurrent runs may share a cache.
+backgrounds' names and sizes), written atomically, so concurrent runs may share a cache; each
+holds the SHA-256 of its images, checked on read: a bad file is moved aside to
+``<cache_dir>/.bad/`` with a warning naming it and regenerated. The cache folder defaults to
+``$NTDH_CACHE/mnist_m``, which an experiment's ``--cache-dir`` sets.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 import zipfile
 from collections.abc import Sequence
@@ -177,25 +181,43 @@ def generate_split(
     return images
 
 
+def _images_digest(images: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+
+
 def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    """The cached images, or None when the file is unreadable, fails its content hash or has
+    the wrong shape: then it is moved aside to ``<cache_dir>/.bad/`` with a warning naming it,
+    and the split is generated again."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            images = npz["images"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
-        log.warning("ignoring unreadable MNIST-M cache %s (%s); regenerating", path, err)
-        return None
-    if images.shape != (n, SIZE, SIZE, 3) or images.dtype != np.uint8:
-        log.warning("ignoring MNIST-M cache %s of shape %s; regenerating", path, images.shape)
+            images, digest = npz["images"], str(npz["sha256"])
+        if images.shape != (n, SIZE, SIZE, 3) or images.dtype != np.uint8:
+            raise ValueError(f"holds {images.dtype} images of shape {images.shape}")
+        if _images_digest(images) != digest:
+            raise ValueError("content hash mismatch")
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        bad = path.parent / ".bad" / path.name
+        bad.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, bad)
+        log.warning(
+            "MNIST-M cache %s is bad (%s: %s): moved to %s; regenerating",
+            path,
+            type(err).__name__,
+            err,
+            bad,
+        )
         return None
     return images
 
 
 def _write_cache(path: Path, images: np.ndarray, key: dict[str, object]) -> None:
-    """Write ``images`` (and the key, for people reading the cache) atomically."""
+    """Write ``images``, their SHA-256 (checked on read) and the key (for people reading the
+    cache) atomically."""
     key_text = np.array(json.dumps(key, sort_keys=True))
 
     def save(tmp: Path) -> None:
         with tmp.open("wb") as f:
-            np.savez(f, images=images, key=key_text)
+            np.savez(f, images=images, key=key_text, sha256=np.array(_images_digest(images)))
 
     atomic_write(path, save)

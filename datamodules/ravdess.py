@@ -14,7 +14,8 @@ or the soundtrack of the ``01`` video) and the actor folds are in
 skipped.
 
 **Features** (:mod:`datamodules.ravdess_features`) are computed once, with a progress bar,
-into ``cache_dir`` (default ``$NTDH_CACHE/ravdess``, else ``./cache/ravdess``), keyed by their
+into ``cache_dir`` (default ``$NTDH_CACHE/ravdess``, else ``./cache/ravdess``; an experiment's
+``--cache-dir`` sets ``$NTDH_CACHE``), keyed by the files' contents and by their
 parameters: ``audio`` (:class:`~datamodules.ravdess_features.LogMelSpec`: ``sample_rate``,
 ``n_fft``, ``win_length``, ``hop_length``, ``n_mels``, ``fmin``, ``fmax``, ``offset``,
 ``duration``) and ``video`` (:class:`~datamodules.ravdess_features.FrameSpec`: ``n_frames``,
@@ -154,7 +155,9 @@ class RavdessDataModule(PairedDataModule):
         """Whether ``<root>/ravdess`` holds at least one paired clip (names only are read)."""
         files = clip_files(data_root(root) / "ravdess")
         try:  # bad names are reported when the data is loaded, not here
-            return bool(pair_clips(group_utterances(files, report=False), "auto", "speech"))
+            return bool(
+                pair_clips(group_utterances(files, report=False), "auto", "speech", report=False)
+            )
         except ValueError:  # a duplicate file: present, and loading it will say what is wrong
             return True
 

@@ -21,8 +21,11 @@ plain background, so the centre crop holds the face and shoulders; no face detec
 
 **Cache** (:func:`cached_features`). One ``.npz`` per feature kind and parameter set:
 ``<cache_dir>/<kind>-<key>.npz`` with ``key`` the hash of the parameters (and
-:data:`FEATURE_VERSION`), holding ``ids`` (``relative path:size in bytes`` of each source file),
-``features`` and ``params``. Only clips missing from it are computed, with a tqdm progress bar,
+:data:`FEATURE_VERSION`), holding ``ids`` (the SHA-256 of each source file's bytes: keyed by
+content, not by name or size), ``features``, ``short`` (which clips were short reads),
+``params`` and ``sha256``, a hash of the contents checked on every read; a cache that fails it
+(or cannot be read) is moved aside to ``<cache_dir>/.bad/`` with a warning naming it and
+recomputed. Only clips missing from it are computed, with a tqdm progress bar,
 and the file is replaced atomically (written to a temporary file, then renamed): a reader never
 sees a half-written cache. When a clip cannot be decoded, the clips computed before it are
 saved and :class:`CorruptClipError` names the file, so a rerun after fixing it only computes
@@ -35,9 +38,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
+import os
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,9 +51,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from datamodules.base import report_data_problem
 from ntdh_core.io import atomic_write
 
-FEATURE_VERSION = 1  # bump when the extraction changes: old caches are then not reused
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION = 2  # bump when the extraction changes: old caches are then not reused
 
 
 class CorruptClipError(ValueError):
@@ -126,6 +134,11 @@ class LogMelSpec:
 
     def from_waveform(self, samples: np.ndarray, rate: int) -> np.ndarray:
         """``(1, n_mels, T)`` float32 log-mel power (dB) of mono ``samples`` at ``rate``."""
+        return self._from_waveform(samples, rate)[0]
+
+    def _from_waveform(self, samples: np.ndarray, rate: int) -> tuple[np.ndarray, bool]:
+        """The features, and whether the clip was shorter than ``offset + duration`` (its end
+        zero-padded: a short read, reported as a data warning)."""
         import librosa
 
         if rate != self.sample_rate:
@@ -145,11 +158,15 @@ class LogMelSpec:
             fmax=self.fmax,
             power=2.0,
         )
-        return librosa.power_to_db(mel).astype(np.float32)[None]
+        return librosa.power_to_db(mel).astype(np.float32)[None], len(kept) < self.n_samples
 
     def __call__(self, path: str | Path) -> np.ndarray:
+        return self.extract(path)[0]
+
+    def extract(self, path: str | Path) -> tuple[np.ndarray, bool]:
+        """The file's features and whether it was a short read (see :meth:`_from_waveform`)."""
         try:
-            return self.from_waveform(*read_waveform(path))
+            return self._from_waveform(*read_waveform(path))
         except CorruptClipError:
             raise
         except Exception as err:  # any decoder failure means the file cannot be used
@@ -192,17 +209,22 @@ class FrameSpec:
         return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)
 
     def __call__(self, path: str | Path) -> np.ndarray:
+        return self.extract(path)[0]
+
+    def extract(self, path: str | Path) -> tuple[np.ndarray, bool]:
+        """The frames, and whether the stream held fewer frames than its header announced
+        (the last frame repeated: a short read, reported as a data warning)."""
         try:
-            frames = self._decode(Path(path))
+            frames, short = self._decode(Path(path))
         except CorruptClipError:
             raise
         except Exception as err:  # any decoder failure means the file cannot be used
             raise CorruptClipError(
                 path, f"cannot read video ({type(err).__name__}: {err})"
             ) from err
-        return np.concatenate([self.crop_and_resize(f) for f in frames])
+        return np.concatenate([self.crop_and_resize(f) for f in frames]), short
 
-    def _decode(self, path: Path) -> list[np.ndarray]:
+    def _decode(self, path: Path) -> tuple[list[np.ndarray], bool]:
         import av
 
         with av.open(str(path)) as container:
@@ -230,8 +252,8 @@ class FrameSpec:
             raise CorruptClipError(path, "its video stream holds no frames")
         if len(picked) < len(set(wanted)):  # fewer frames than the header announced
             tail = last.to_ndarray(format="rgb24")
-            return [picked.get(i, tail) for i in wanted]
-        return [picked[i] for i in wanted]
+            return [picked.get(i, tail) for i in wanted], True
+        return [picked[i] for i in wanted], False
 
 
 # --- the cache --------------------------------------------------------------------------------
@@ -241,43 +263,86 @@ def feature_key(kind: str, spec: Any) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def source_id(path: Path, root: Path) -> str:
-    """A source file's identity in the cache: its path under ``root`` and its size."""
-    return f"{path.relative_to(root).as_posix()}:{path.stat().st_size}"
+_CONTENT_IDS: dict[tuple[str, int, int], str] = {}
+
+
+def source_id(path: Path, root: Path | None = None) -> str:
+    """A source file's identity in the cache: the SHA-256 of its bytes, so a file replaced by
+    another of the same size (or moved) is recognised by what it holds, not where it lies.
+
+    Hashed once per process and file version (path, size, modification time); ``root`` is
+    accepted for callers of the former path-based identity and is not used.
+    """
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _CONTENT_IDS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _CONTENT_IDS[memo] = digest.hexdigest()
+    return _CONTENT_IDS[memo]
 
 
 def cache_path(cache_dir: str | Path, kind: str, spec: Any) -> Path:
     return Path(cache_dir) / f"{kind}-{feature_key(kind, spec)}.npz"
 
 
-def read_cache(path: Path, spec: Any) -> dict[str, np.ndarray]:
-    """``{source id: features}`` from a cache file; empty when there is none."""
+def _content_digest(ids: np.ndarray, features: np.ndarray, short: np.ndarray) -> str:
+    """SHA-256 over the ids, the features and the short-read flags: written with the cache,
+    checked when it is read."""
+    digest = hashlib.sha256("\n".join(ids.tolist()).encode())
+    digest.update(np.ascontiguousarray(features).tobytes())
+    digest.update(np.ascontiguousarray(short, dtype=bool).tobytes())
+    return digest.hexdigest()
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move a bad cache file aside to ``<its folder>/.bad/`` with a warning naming it, so that
+    it is rebuilt (and can still be inspected)."""
+    bad = path.parent / ".bad" / path.name
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, bad)
+    log.warning("feature cache %s is bad (%s): moved to %s; recomputing", path, reason, bad)
+    return bad
+
+
+def read_cache(path: Path, spec: Any) -> dict[str, tuple[np.ndarray, bool]]:
+    """``{source id: (features, short read)}`` from a cache file; empty when there is none, or
+    when it is unreadable, fails its content hash or holds other parameters (then it is
+    moved aside, see :func:`quarantine`)."""
     if not path.exists():
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            ids, features, params = data["ids"], data["features"], str(data["params"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(
-            f"{path}: unreadable feature cache ({type(err).__name__}: {err}); delete it and "
-            f"the features are computed again"
-        ) from None
-    if json.loads(params) != json.loads(json.dumps(asdict(spec))):
-        raise ValueError(f"{path}: holds features for {params}, not {asdict(spec)}; delete it")
-    return dict(zip(ids.tolist(), features, strict=True))
+            ids, features, short = data["ids"], data["features"], data["short"]
+            params, digest = str(data["params"]), str(data["sha256"])
+        if _content_digest(ids, features, short) != digest:
+            raise ValueError("content hash mismatch")
+        if json.loads(params) != json.loads(json.dumps(asdict(spec))):
+            raise ValueError(f"holds features for {params}, not {asdict(spec)}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        quarantine(path, f"{type(err).__name__}: {err}")
+        return {}
+    return {i: (f, bool(s)) for i, f, s in zip(ids.tolist(), features, short, strict=True)}
 
 
-def write_cache(path: Path, entries: dict[str, np.ndarray], spec: Any) -> None:
-    """Write the cache atomically: a temporary file in the same folder, then a rename."""
-    ids = sorted(entries)
+def write_cache(path: Path, entries: dict[str, tuple[np.ndarray, bool]], spec: Any) -> None:
+    """Write the cache atomically (a temporary file in the same folder, then a rename), with
+    the content hash that :func:`read_cache` checks."""
+    ids = np.array(sorted(entries))
+    features = np.stack([entries[i][0] for i in ids.tolist()])
+    short = np.array([entries[i][1] for i in ids.tolist()], dtype=bool)
 
     def save(tmp: Path) -> None:
         with tmp.open("xb") as f:
             np.savez(
                 f,
-                ids=np.array(ids),
-                features=np.stack([entries[i] for i in ids]),
+                ids=ids,
+                features=features,
+                short=short,
                 params=np.array(json.dumps(asdict(spec))),
+                sha256=np.array(_content_digest(ids, features, short)),
             )
 
     atomic_write(path, save)
@@ -306,7 +371,7 @@ def _exclusive(path: Path) -> Iterator[None]:
 def cached_features(
     files: Sequence[Path],
     root: Path,
-    spec: Callable[[Path], np.ndarray],
+    spec: LogMelSpec | FrameSpec,
     kind: str,
     cache_dir: str | Path,
     workers: int = 0,
@@ -315,31 +380,56 @@ def cached_features(
 
     ``spec`` is a :class:`LogMelSpec` or :class:`FrameSpec` (a dataclass of the parameters,
     which keys the cache, and the extractor); ``workers > 0`` extracts in that many processes.
+    Clips that were short reads (padded audio, repeated last frame) are reported as a data
+    warning ``short_reads`` on every load, cached or not (an error under ``--strict``).
     See the module doc for the file and its atomic replacement.
     """
     path = cache_path(cache_dir, kind, spec)
     ids = [source_id(f, root) for f in files]
     entries = read_cache(path, spec)
-    if all(i in entries for i in ids):
-        return np.stack([entries[i] for i in ids])
-    with _exclusive(path.with_name(f".{path.name}.lock")):
-        entries = read_cache(path, spec)  # another process may have filled it meanwhile
-        todo = sorted({i: f for i, f in zip(ids, files, strict=True) if i not in entries}.items())
-        computed: dict[str, np.ndarray] = {}
-        bar = tqdm(total=len(todo), desc=f"RAVDESS {kind} features", unit="clip")
-        try:
-            with contextlib.ExitStack() as stack:
-                if workers > 0:
-                    pool = stack.enter_context(ProcessPoolExecutor(workers))
-                    results = pool.map(spec, [f for _, f in todo], chunksize=4)
-                else:
-                    results = map(spec, [f for _, f in todo])
-                for (source, _), features in zip(todo, results, strict=False):
-                    computed[source] = features
-                    bar.update()
-        finally:
-            bar.close()
-            if computed:  # keep what was computed, even when a later clip failed
-                entries.update(computed)
-                write_cache(path, entries, spec)
-    return np.stack([entries[i] for i in ids])
+    if not all(i in entries for i in ids):
+        with _exclusive(path.with_name(f".{path.name}.lock")):
+            entries = read_cache(path, spec)  # another process may have filled it meanwhile
+            entries.update(_compute(path, spec, kind, files, ids, entries, workers))
+    short = [f for f, i in zip(files, ids, strict=True) if entries[i][1]]
+    if short:
+        shown = ", ".join(str(f) for f in short[:5]) + (", ..." if len(short) > 5 else "")
+        what = "zero-padded audio" if isinstance(spec, LogMelSpec) else "last frame repeated"
+        report_data_problem(
+            "short_reads",
+            f"RAVDESS {kind}: {len(short)} clip(s) shorter than the features need "
+            f"({what}): {shown}",
+            len(short),
+        )
+    return np.stack([entries[i][0] for i in ids])
+
+
+def _compute(
+    path: Path,
+    spec: LogMelSpec | FrameSpec,
+    kind: str,
+    files: Sequence[Path],
+    ids: Sequence[str],
+    entries: dict[str, tuple[np.ndarray, bool]],
+    workers: int,
+) -> dict[str, tuple[np.ndarray, bool]]:
+    """Extract the clips missing from ``entries`` and save the cache, also when a clip fails
+    (what was computed before it is kept)."""
+    todo = list({i: f for i, f in zip(ids, files, strict=True) if i not in entries}.items())
+    computed: dict[str, tuple[np.ndarray, bool]] = {}
+    bar = tqdm(total=len(todo), desc=f"RAVDESS {kind} features", unit="clip")
+    try:
+        with contextlib.ExitStack() as stack:
+            if workers > 0:
+                pool = stack.enter_context(ProcessPoolExecutor(workers))
+                results = pool.map(spec.extract, [f for _, f in todo], chunksize=4)
+            else:
+                results = map(spec.extract, [f for _, f in todo])
+            for (source, _), extracted in zip(todo, results, strict=False):
+                computed[source] = extracted
+                bar.update()
+    finally:
+        bar.close()
+        if computed:  # keep what was computed, even when a later clip failed
+            write_cache(path, {**entries, **computed}, spec)
+    return computed

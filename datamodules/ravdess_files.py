@@ -46,6 +46,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from datamodules.base import report_data_problem
+
 log = logging.getLogger(__name__)
 
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -193,7 +195,7 @@ def group_utterances(files: Iterable[str | Path], report: bool = True) -> list[U
     """
     slots = {1: "audio_video", 2: "video_only", 3: "wav"}
     found: dict[str, dict[str, object]] = {}
-    skipped = 0
+    skipped: list[Path] = []
     for f in files:
         path = Path(f)
         try:
@@ -201,7 +203,7 @@ def group_utterances(files: Iterable[str | Path], report: bool = True) -> list[U
         except ClipNameError as err:
             if report:
                 log.warning("RAVDESS: skipping %s: %s", err.path, err.problem)
-            skipped += 1
+            skipped.append(path)
             continue
         entry = found.setdefault(
             name.key,
@@ -215,7 +217,13 @@ def group_utterances(files: Iterable[str | Path], report: bool = True) -> list[U
             )
         entry[slot] = path
     if skipped and report:
-        log.warning("RAVDESS: skipped %d file(s) whose names break the convention", skipped)
+        shown = ", ".join(str(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        report_data_problem(
+            "skipped_files",
+            f"RAVDESS: skipped {len(skipped)} file(s) whose names break the "
+            f"MM-VV-EE-II-SS-RR-AA convention: {shown}",
+            len(skipped),
+        )
     return [Utterance(**found[key]) for key in sorted(found, key=_order)]
 
 
@@ -224,15 +232,21 @@ def _order(key: str) -> tuple[int, str]:
 
 
 def pair_clips(
-    utterances: Iterable[Utterance], audio_source: str = "auto", vocal: str = "speech"
+    utterances: Iterable[Utterance],
+    audio_source: str = "auto",
+    vocal: str = "speech",
+    report: bool = True,
 ) -> list[Clip]:
-    """The paired clips of the requested vocal channel (``speech``, ``song`` or ``both``)."""
+    """The paired clips of the requested vocal channel (``speech``, ``song`` or ``both``).
+
+    Utterances with only one modality are left out; with ``report``, as a data warning
+    (``unpaired_clips``) naming a few of them (an error under ``--strict``)."""
     if audio_source not in AUDIO_SOURCES:
         raise ValueError(f"audio_source must be one of {AUDIO_SOURCES}, got {audio_source!r}")
     channels = {"speech": {1}, "song": {2}, "both": {1, 2}}
     if vocal not in channels:
         raise ValueError(f"vocal_channel must be one of {VOCAL_CHANNELS}, got {vocal!r}")
-    clips, no_audio, no_video = [], 0, 0
+    clips, no_audio, no_video, unpaired = [], 0, 0, []
     for u in utterances:
         if u.vocal not in channels[vocal]:
             continue
@@ -246,13 +260,15 @@ def pair_clips(
         no_video += video is None
         if audio is not None and video is not None:
             clips.append(Clip(u.key, u.actor, u.label, audio, video))
-    if no_audio or no_video:
-        log.info(
-            "RAVDESS: left out %d utterance(s) without audio (audio_source=%r) and %d without "
-            "video",
-            no_audio,
-            audio_source,
-            no_video,
+        else:
+            unpaired.append(u.wav or u.audio_video or u.video_only or u.key)
+    if unpaired and report:
+        shown = ", ".join(str(p) for p in unpaired[:5]) + (", ..." if len(unpaired) > 5 else "")
+        report_data_problem(
+            "unpaired_clips",
+            f"RAVDESS: left out {len(unpaired)} unpaired utterance(s): {no_audio} without audio "
+            f"(audio_source={audio_source!r}) and {no_video} without video, e.g. {shown}",
+            len(unpaired),
         )
     return clips
 

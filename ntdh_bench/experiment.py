@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from datamodules.base import data_environment
 from ntdh_bench.builders import build_run_datamodule
 from ntdh_bench.claims import Verdict, write_verdicts
 from ntdh_bench.config import PROTOCOLS, dataset_config, resolve_run_config
@@ -134,7 +135,15 @@ class Experiment(ABC):
 
     # --- execution ---------------------------------------------------------------------
     def run(self, executor: Executor = execute_run) -> list[dict[str, Any]]:
-        """Run what is not done yet, then report; return the grid's finished records."""
+        """Run what is not done yet, then report; return the grid's finished records.
+
+        ``--cache-dir`` and ``--strict`` reach every datamodule (and pool worker) as
+        ``$NTDH_CACHE`` / ``$NTDH_STRICT`` while this runs (:func:`data_environment`)."""
+        strict = getattr(self.args, "strict", False)
+        with data_environment(getattr(self.args, "cache_dir", None), strict):
+            return self._run_sweep(executor)
+
+    def _run_sweep(self, executor: Executor) -> list[dict[str, Any]]:
         specs = self.specs()
         self._validate(specs)
         ids = [s.run_id for s in specs]
@@ -288,7 +297,14 @@ class Experiment(ABC):
         common.add_argument(
             "--cache-dir",
             default=str(paths.cache_root()),
-            help="trained teachers, saliencies and masks, shared between experiments ($NTDH_CACHE)",
+            help="trained teachers, saliencies, masks, extracted features and generated data, "
+            "shared between experiments ($NTDH_CACHE)",
+        )
+        common.add_argument(
+            "--strict",
+            action="store_true",
+            help="stop on data problems that change what is trained on (short reads, unpaired "
+            "clips, skipped files) instead of warning and counting them in the run record",
         )
         common.add_argument(
             "--dry-run",

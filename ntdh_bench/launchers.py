@@ -17,7 +17,11 @@ same run and record nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -25,14 +29,16 @@ import socket
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ntdh_bench.results import ResultStore, make_record
 from ntdh_bench.runner import RunEnv, RunResult, execute_run
 from ntdh_bench.training import DeviceConfig
+
+log = logging.getLogger(__name__)
 
 Executor = Callable[[Mapping[str, Any], RunEnv, str], RunResult]
 Progress = Callable[[Mapping[str, Any]], None]
@@ -52,19 +58,88 @@ class Sweep:
     results_dir: Path
     env: RunEnv
     executor: Executor = execute_run
+    started: float = field(default_factory=time.time)  # records after this are this sweep's
 
     @property
     def running_dir(self) -> Path:
         return self.results_dir / "running"
 
 
+@contextlib.contextmanager
+def run_lock(running_dir: Path, run_id: str) -> Iterator[bool]:
+    """Try to take ``running/<run_id>.lock`` (an exclusive, non-blocking ``flock``); yields
+    whether this process holds it. Two sweeps on one store thus never train a run at once.
+
+    The lock file is removed while held, before it is released: a sweep that opened the old
+    file meanwhile then holds a lock on a removed file, which is harmless because a lock
+    holder reads the store before it runs (and finds the record the first one wrote).
+    """
+    running_dir.mkdir(parents=True, exist_ok=True)
+    path = running_dir / f"{run_id}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def non_finite(metrics: Mapping[str, float]) -> list[str]:
+    """The metrics whose values are NaN or infinite (such a run is not done)."""
+    bad = []
+    for name, value in metrics.items():
+        try:
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            bad.append(name)
+    return bad
+
+
 def run_one(sweep: Sweep, config: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Execute one run, record it (done or failed) and return the record.
 
     While it runs, ``results/<experiment>/running/<run_id>.json`` names its process, host and
-    start time, for ``ntdh status``.
+    start time, for ``ntdh status``, and ``running/<run_id>.lock`` is held
+    (:func:`run_lock`): a run locked by another sweep, or found done (or failed during this
+    sweep) in the store once the lock is taken, is skipped and a ``skipped`` record (not
+    stored) is returned. Under DDP only the launching rank locks and writes.
+
+    A run is done only when it returned metrics and every one of them is finite; otherwise
+    it is recorded as failed with the reason (a divergence, a non-finite metric or an
+    incomplete fit raise from the guards of :mod:`ntdh_bench.guards`).
     """
-    rank_zero = is_launch_rank_zero()
+    if not is_launch_rank_zero():
+        return _execute_and_record(sweep, config, run_id, rank_zero=False)
+    with run_lock(sweep.running_dir, run_id) as held:
+        if not held:
+            return _skipped(run_id, "running in another sweep (its lock is held)")
+        latest = ResultStore(sweep.results_dir).latest().get(run_id)
+        if latest is not None:
+            started = float(latest.get("worker", {}).get("started") or 0.0)
+            if latest["status"] == "done":
+                return _skipped(run_id, "done by another sweep")
+            if latest["status"] == "failed" and started >= sweep.started:
+                return _skipped(run_id, "failed in another sweep during this one")
+        return _execute_and_record(sweep, config, run_id, rank_zero=True)
+
+
+def _skipped(run_id: str, reason: str) -> dict[str, Any]:
+    log.info("run %s skipped: %s", run_id, reason)
+    return {"run_id": run_id, "status": "skipped", "error": reason}
+
+
+def _execute_and_record(
+    sweep: Sweep, config: Mapping[str, Any], run_id: str, rank_zero: bool
+) -> dict[str, Any]:
     marker = sweep.running_dir / f"{run_id}.json"
     worker = {
         "host": socket.gethostname(),
@@ -80,6 +155,12 @@ def run_one(sweep: Sweep, config: Mapping[str, Any], run_id: str) -> dict[str, A
         result = sweep.executor(config, sweep.env, run_id)
         status, error, metrics = "done", None, result.metrics
         timing = {**result.timing, "total_s": time.perf_counter() - started}
+        bad = non_finite(metrics)
+        if not metrics:
+            status, error = "failed", "the run returned no metrics; it is not done"
+        elif bad:
+            shown = ", ".join(f"{k}={metrics[k]}" for k in bad[:5])
+            status, error = "failed", f"non-finite metric(s): {shown}; the run is not done"
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # recorded; the sweep goes on

@@ -2,11 +2,12 @@
 
 ``results/<experiment>/runs.jsonl`` holds one record per run, keyed by ``run_id``, the hash of
 the run's full resolved config (:func:`config_hash`). A sweep that is started again skips
-every run whose latest record says ``done``. Appends are single ``write`` calls of a whole
-line on a file opened for appending, flushed and fsynced; a process killed mid-write can at
-worst leave a torn last line, which readers skip with a warning and the next append
-terminates, so the store stays readable at every moment. An exclusive ``flock`` serialises
-writers, so pool workers and cluster jobs can share one store.
+every run whose latest record says ``done``. A line that is not a valid record is skipped with
+a warning naming the file and line, and counted (:attr:`ResultStore.skipped`). Appends are
+single ``write`` calls of a whole line on a file opened for appending, flushed and fsynced; a
+process killed mid-write can at worst leave a torn last line, which readers skip with a
+warning and the next append terminates, so the store stays readable at every moment. An
+exclusive ``flock`` serialises writers, so pool workers and cluster jobs can share one store.
 """
 
 from __future__ import annotations
@@ -108,12 +109,27 @@ def make_record(
     }
 
 
+def _not_a_record(record: Any) -> str | None:
+    """Why a parsed line is not a run record, or None when it is one."""
+    if not isinstance(record, dict):
+        return f"is a JSON {type(record).__name__}, not a record"
+    missing = [k for k in ("run_id", "status") if not isinstance(record.get(k), str)]
+    if missing:
+        return f"is not a record (no string {' or '.join(repr(k) for k in missing)})"
+    for key in ("config", "metrics"):
+        present = key in record and record[key] is not None
+        if (present or record["status"] == "done") and not isinstance(record.get(key), dict):
+            return f"is not a record ({key!r} is not an object)"
+    return None
+
+
 class ResultStore:
     """Append-only JSON-lines store of run records in ``<root>/runs.jsonl``."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.path = self.root / "runs.jsonl"
+        self.skipped = 0  # lines that were not records, at the last read
 
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line, durably."""
@@ -140,7 +156,13 @@ class ResultStore:
             return f.read(1) != b"\n"
 
     def records(self) -> list[dict[str, Any]]:
-        """Every readable record in file order; unreadable (torn) lines are skipped."""
+        """Every valid record in file order.
+
+        A line that is not a record (torn by an interrupted write, not JSON, or JSON without a
+        string ``run_id`` and ``status``) is skipped with a warning naming the file and line;
+        how many were skipped is in :attr:`skipped` afterwards.
+        """
+        self.skipped = 0
         if not self.path.exists():
             return []
         out = []
@@ -148,14 +170,18 @@ class ResultStore:
             for number, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
+                problem = None
                 try:
-                    out.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    log.warning(
-                        "%s:%d is not a complete record (interrupted write); skipped",
-                        self.path,
-                        number,
-                    )
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    problem = "is not JSON (an interrupted write?)"
+                else:
+                    problem = _not_a_record(record)
+                if problem is None:
+                    out.append(record)
+                    continue
+                self.skipped += 1
+                log.warning("%s:%d %s; skipped", self.path, number, problem)
         return out
 
     def latest(self) -> dict[str, dict[str, Any]]:

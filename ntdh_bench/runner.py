@@ -24,6 +24,7 @@ from typing import Any
 import lightning as L
 
 from datamodules import PairedDataModule
+from datamodules.base import data_warning_counts, reset_data_warnings
 from ntdh_bench.builders import build_network, build_run_datamodule
 from ntdh_bench.callbacks import DivergenceMonitor, MetricHistory, SampleMask
 from ntdh_bench.config import resolve_run_config
@@ -56,6 +57,7 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
     config = resolve_run_config(config)
     run_id = run_id or config_hash(config)
     folder = run_folder_name(config, run_id)
+    reset_data_warnings()  # the counts below are this run's (data/<problem> in its metrics)
     with quiet_lightning():
         dm = build_run_datamodule(config)
         if config["role"] == "unimodal":
@@ -65,11 +67,15 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
                 network, dm, config["modality"], config["teacher"], env, env.experiment, folder
             )
             log_hparams(trainer, config, metrics)
-            return RunResult(metrics, timing)
-        teacher = prepare_teacher(config, dm, env)
-        if config["role"] == "teacher":
-            return RunResult({f"teacher/{k}": v for k, v in teacher.metrics.items()}, {})
-        return _train_student(config, dm, env, folder, teacher)
+            result = RunResult(metrics, timing)
+        else:
+            teacher = prepare_teacher(config, dm, env)
+            if config["role"] == "teacher":
+                result = RunResult({f"teacher/{k}": v for k, v in teacher.metrics.items()}, {})
+            else:
+                result = _train_student(config, dm, env, folder, teacher)
+    result.metrics.update({f"data/{k}": float(v) for k, v in data_warning_counts().items()})
+    return result
 
 
 def _train_student(

@@ -9,6 +9,7 @@ works from any shell while the sweep runs, on this machine or on a cluster's sha
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ntdh_bench.naming import describe
 from ntdh_bench.results import ResultStore
 from ntdh_core.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 GRID_FILE = "grid.json"
 
@@ -32,6 +36,53 @@ def write_grid(results_dir: Path, experiment: str, specs: Sequence[Any]) -> None
         "runs": {s.run_id: s.describe() for s in specs},
     }
     atomic_write(results_dir / GRID_FILE, json.dumps(grid, indent=1))
+
+
+def read_grid(results_dir: Path, latest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``grid.json``; when it is damaged (not JSON, or not a grid) it is reported, moved aside
+    to ``grid.json.bad`` and rebuilt from what the folder still shows: the runs recorded in
+    ``runs.jsonl`` and the running markers (runs never started are then unknown until the
+    sweep is started again, which writes the whole grid)."""
+    path = results_dir / GRID_FILE
+    problem = None
+    try:
+        grid = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"{type(err).__name__}: {err}"
+    else:
+        if not (
+            isinstance(grid, dict)
+            and isinstance(grid.get("runs"), dict)
+            and all(isinstance(v, str) for v in grid["runs"].values())
+        ):
+            problem = "not a grid (needs 'runs': {run id: description})"
+    if problem is None:
+        grid.setdefault("experiment", results_dir.name)
+        return grid
+    os.replace(path, path.with_name(GRID_FILE + ".bad"))
+    runs = {rid: describe_record(r) for rid, r in latest.items()}
+    for marker in sorted((results_dir / "running").glob("*.json")):
+        runs.setdefault(marker.stem, marker.stem)
+    experiment = next((r.get("experiment") for r in latest.values()), None) or results_dir.name
+    grid = {"experiment": experiment, "written_at": time.time(), "runs": runs, "rebuilt": True}
+    atomic_write(path, json.dumps(grid, indent=1))
+    log.warning(
+        "%s is damaged (%s): moved to %s.bad and rebuilt from runs.jsonl and the running "
+        "markers (%d runs; pending runs are counted again when the sweep restarts)",
+        path,
+        problem,
+        GRID_FILE,
+        len(runs),
+    )
+    return grid
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """A record's one-line description (as the grid has it), from its config."""
+    try:
+        return describe(record["config"], record["run_id"])
+    except Exception:  # an old or partial config: the id still names the run
+        return str(record["run_id"])
 
 
 def _alive(marker: dict[str, Any]) -> bool:
@@ -56,6 +107,8 @@ class SweepStatus:
     running: list[str] = field(default_factory=list)
     interrupted: int = 0
     mean_run_s: float = float("nan")
+    skipped_lines: int = 0
+    grid_rebuilt: bool = False
 
     @property
     def pending(self) -> int:
@@ -72,6 +125,8 @@ class SweepStatus:
         eta = "unknown (no run finished yet)"
         if self.eta_s == self.eta_s:  # not NaN
             eta = _duration(self.eta_s)
+        timed = self.mean_run_s == self.mean_run_s  # not NaN: some done run has a time
+        mean = _duration(self.mean_run_s) if timed else "n/a"
         lines = [
             f"{self.experiment}: {self.total} runs",
             f"  done     {self.done}",
@@ -79,8 +134,15 @@ class SweepStatus:
             f"  failed   {self.failed}" + ("  (rerun with --retry-failed)" if self.failed else ""),
             f"  pending  {self.pending}"
             + (f"  ({self.interrupted} interrupted, will resume)" if self.interrupted else ""),
-            f"  mean run {_duration(self.mean_run_s) if self.done else 'n/a'}; ETA {eta}",
+            f"  mean run {mean}; ETA {eta}",
         ]
+        if self.skipped_lines:
+            lines.append(f"  warning: {self.skipped_lines} line(s) of runs.jsonl are not records")
+        if self.grid_rebuilt:
+            lines.append(
+                f"  warning: {GRID_FILE} was damaged and rebuilt from the records; "
+                "pending runs are unknown until the sweep restarts"
+            )
         lines += [f"  > {r}" for r in self.running]
         return "\n".join(lines)
 
@@ -101,9 +163,10 @@ def sweep_status(results_dir: str | Path) -> SweepStatus:
             f"{grid_path} not found: no sweep has started in {results_dir} (run the "
             "experiment first, or pass --results-dir)"
         )
-    grid = json.loads(grid_path.read_text())
+    store = ResultStore(results_dir)
+    latest = store.latest()
+    grid = read_grid(results_dir, latest)
     runs: dict[str, str] = grid["runs"]
-    latest = ResultStore(results_dir).latest()
     done = [r for i, r in latest.items() if i in runs and r["status"] == "done"]
     failed = sum(1 for i, r in latest.items() if i in runs and r["status"] == "failed")
     running, interrupted = [], 0
@@ -125,4 +188,14 @@ def sweep_status(results_dir: str | Path) -> SweepStatus:
             interrupted += 1
     times = [r["timing"].get("total_s") for r in done if r.get("timing", {}).get("total_s")]
     mean = sum(times) / len(times) if times else float("nan")
-    return SweepStatus(grid["experiment"], len(runs), len(done), failed, running, interrupted, mean)
+    return SweepStatus(
+        grid["experiment"],
+        len(runs),
+        len(done),
+        failed,
+        running,
+        interrupted,
+        mean,
+        skipped_lines=store.skipped,
+        grid_rebuilt=bool(grid.get("rebuilt")),
+    )

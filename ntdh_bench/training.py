@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from ntdh_bench.checkpointing import EpochCheckpoint, remove_checkpoint, resumable_checkpoint
+from ntdh_bench.guards import FiniteLossGuard, default_guards
 from ntdh_bench.module import UnimodalModule
+
+__all__ = ["FiniteLossGuard"]  # re-exported: it lives in ntdh_bench.guards
 
 _QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
 _EXPECTED_WARNINGS = (
@@ -94,21 +96,6 @@ def quiet_lightning() -> Iterator[None]:
                 logging.getLogger(name).setLevel(level)
 
 
-class FiniteLossGuard(L.Callback):
-    """Stop a run whose training loss is no longer finite, naming the epoch.
-
-    Checked once per epoch on the logged epoch means (no per-step device sync); the sweep
-    records the run as failed with this error and goes on.
-    """
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name, value in trainer.callback_metrics.items():
-            if name.startswith("train/") and not math.isfinite(float(value)):
-                raise FloatingPointError(
-                    f"{name} is {float(value)} at epoch {trainer.current_epoch}"
-                )
-
-
 class RunLogger(TensorBoardLogger):
     """TensorBoard logger of one run: fit, test and the hparams share one event file.
 
@@ -146,7 +133,7 @@ def make_trainer(
         logger = RunLogger(
             save_dir=str(log_dir), name=name, version=version, default_hp_metric=False
         )
-    all_callbacks = [FiniteLossGuard(), *(callbacks or [])]
+    all_callbacks = [*default_guards(), *(callbacks or [])]
     if checkpoint_dir is not None:
         all_callbacks.append(EpochCheckpoint(checkpoint_dir, checkpoint_interval_s))
     kwargs: dict[str, Any] = dict(
