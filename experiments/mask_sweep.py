@@ -39,7 +39,7 @@ from ntdh_bench.config import run_config
 from ntdh_bench.experiment import RunSpec
 from ntdh_bench.masking import MASK_KINDS, ORACLE_KINDS, SCORE_READINGS, mask_count
 from ntdh_bench.plotting import plot_estimates
-from ntdh_bench.report import Records, near_chance, pct, reference_lines
+from ntdh_bench.report import Records, metric_label, near_chance, pct, reference_lines
 from ntdh_bench.stats import mean_ci
 from ntdh_bench.tables import Table
 
@@ -143,7 +143,7 @@ class MaskSweep(DatasetExperiment):
     # --- the report --------------------------------------------------------------------
     def report(self, records: Records) -> None:
         metric = records.metric_name()
-        label = "mIoU" if metric == "test/miou" else "acc"
+        label = metric_label(metric)
         side = f"teacher used {label} (%)" if self.mask == "feature" else "masked (%)"
         table = Table(
             title=f"Mask sweep ({self.mask} mask, {self.dataset}, protocol {self.args.protocol})",

@@ -29,7 +29,7 @@ from ntdh_bench.claims import Verdict, paired_verdict, verdict_from_differences
 from ntdh_bench.config import run_config
 from ntdh_bench.experiment import RunSpec
 from ntdh_bench.plotting import plot_estimates
-from ntdh_bench.report import Records
+from ntdh_bench.report import Records, metric_label
 from ntdh_bench.tables import Table
 
 DEFAULT_VALUES = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -93,7 +93,7 @@ class WeightSweep(DatasetExperiment):
     # --- the report --------------------------------------------------------------------
     def report(self, records: Records) -> None:
         metric = records.metric_name()
-        label = "mIoU" if metric == "test/miou" else "acc"
+        label = metric_label(metric)
         table = Table(
             title=f"Fig. 6: weight adjustment, alpha * TCKL + beta * NCKL ({self.dataset})",
             columns=[
@@ -170,7 +170,7 @@ class WeightSweep(DatasetExperiment):
     def verdicts(self, records: Records, metric: str) -> list[Verdict]:
         """Paired over seeds at the largest gap: beta hurts, beta matters more than alpha,
         and KD falls below no KD (negative transfer)."""
-        label = "mIoU" if metric == "test/miou" else "acc"
+        label = metric_label(metric)
         gaps = self.gaps()
         gap = None if gaps == [None] else max(g for g in gaps if g is not None)
         where = "" if gap is None else f" at gap {gap:g}"

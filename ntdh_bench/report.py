@@ -88,6 +88,14 @@ class Records:
         return "test/acc"
 
 
+METRIC_LABELS = {"test/ssc_miou": "SSC mIoU", "test/miou": "mIoU", "test/acc": "acc"}
+
+
+def metric_label(metric: str) -> str:
+    """How tables and verdicts name a test metric (``test/ssc_miou`` -> ``SSC mIoU``)."""
+    return METRIC_LABELS.get(metric, metric.split("/")[-1])
+
+
 def mean_over(cells: Iterable[Mapping[int, float]]) -> dict[int, float]:
     """Per seed, the mean over several cells (e.g. methods), for the seeds all of them have."""
     cells = list(cells)
