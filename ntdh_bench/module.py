@@ -64,6 +64,52 @@ def _labels(batch: dict[str, Tensor]) -> Tensor:
     return y if valid is None else y.masked_fill(~valid.bool(), IGNORE_INDEX)
 
 
+def _same_view(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether two tensors are the same view of the same memory (``detach`` keeps it)."""
+    if a is None or b is None:
+        return False
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+class _CachedRows(ModelOutput):
+    """Rows ``index`` of cached teacher outputs, each tensor gathered when first read.
+
+    A logits-only distiller (KD, the decoupled losses) then never gathers the hidden features
+    and embedding, which on the synthetic MLP cost more than the logits; an embedding that is
+    the last feature map (every MLP) is gathered once. The rows are exactly
+    ``source.index_select(index)``.
+    """
+
+    def __init__(self, source: ModelOutput, index: Tensor, embedding_is_last: bool) -> None:
+        self._source, self._index, self._embedding_is_last = source, index, embedding_is_last
+        self._rows: dict[str, Tensor | list[Tensor] | None] = {}
+
+    @property
+    def logits(self) -> Tensor:
+        if "logits" not in self._rows:
+            self._rows["logits"] = self._source.logits[self._index]
+        return self._rows["logits"]
+
+    @property
+    def features(self) -> list[Tensor]:
+        if "features" not in self._rows:
+            self._rows["features"] = [f[self._index] for f in self._source.features]
+        return self._rows["features"]
+
+    @property
+    def embedding(self) -> Tensor | None:
+        if "embedding" not in self._rows:
+            source = self._source.embedding
+            if source is None:
+                rows = None
+            elif self._embedding_is_last:
+                rows = self.features[-1]
+            else:
+                rows = source[self._index]
+            self._rows["embedding"] = rows
+        return self._rows["embedding"]
+
+
 class _SupervisedBase(L.LightningModule):
     """Shared by both modules: the task metric per stage, cross-entropy, the optimizer.
 
@@ -238,6 +284,7 @@ class CrossModalKD(_SupervisedBase):
                 {stage: task_metric(task, num_classes) for stage in ("val", "test")}
             )
         self._teacher_cache: dict[str, ModelOutput] = {}
+        self._embedding_is_last: set[str] = set()  # splits whose embedding is features[-1]
 
     def add_distill_weighting(self, weighting: SampleWeighting) -> None:
         """Weigh every training batch's distillation term with ``weighting`` (Algorithm 2)."""
@@ -267,11 +314,11 @@ class CrossModalKD(_SupervisedBase):
         """The teacher's output for a batch: from the cache when there is one."""
         cached = self._teacher_cache.get(split)
         if cached is not None:
-            return cached.index_select(batch["index"])
+            return _CachedRows(cached, batch["index"], split in self._embedding_is_last)
         return self._run_teacher(self.teacher_input(batch))
 
     def _fill_teacher_cache(self) -> None:
-        self._teacher_cache = {}
+        self._teacher_cache, self._embedding_is_last = {}, set()
         dm = getattr(self.trainer, "datamodule", None)
         if not self.hparams.cache_teacher or self.teacher is None:
             return
@@ -287,11 +334,19 @@ class CrossModalKD(_SupervisedBase):
             for start in range(0, len(tensors["y"]), chunk):
                 part = {k: v[start : start + chunk].to(self.device) for k, v in tensors.items()}
                 chunks.append(self._run_teacher(self.teacher_input(part)))
+            features = [torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)]
+            is_last = all(
+                _same_view(c.embedding, c.features[-1] if c.features else None) for c in chunks
+            )
+            if is_last:
+                self._embedding_is_last.add(split)
             self._teacher_cache[split] = ModelOutput(
                 logits=torch.cat([c.logits for c in chunks]),
-                features=[torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)],
+                features=features,
                 embedding=None
                 if chunks[0].embedding is None
+                else features[-1]
+                if is_last
                 else torch.cat([c.embedding for c in chunks]),
             )
 
