@@ -71,8 +71,8 @@ claims: $(STAMP)  ## results/CLAIMS.md: every verdict of every finished experime
 tensorboard: $(STAMP)  ## open the TensorBoard logs of every run
 	$(VENV)/bin/tensorboard --logdir runs
 
-bench: $(STAMP)  ## speed benchmarks (print ratios)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: $(STAMP)  ## speed benchmarks, ratios in benchmarks/RESULTS.md (QUICK=1: smaller sizes)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b $(if $(QUICK),--quick) || exit 1; done
 
 clean:  ## remove results, logs and caches (not the venv)
 	rm -rf results runs cache .pytest_cache .ruff_cache

@@ -79,7 +79,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--methods", nargs="+", default=["none", *sorted(DISTILLERS)])
+    parser.add_argument("--quick", action="store_true", help="2 epochs, 1 repeat (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.repeats = 2, 1
     if args.epochs < 2 or args.repeats < 1:
         parser.error("need --epochs >= 2 (the first one is not timed) and --repeats >= 1")
     torch.set_num_threads(args.threads)

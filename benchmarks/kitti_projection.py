@@ -103,7 +103,10 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=370)
     parser.add_argument("--seconds", type=float, default=1.0, help="per timing round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 0.3 s (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 0.3, 3
     torch.set_num_threads(1)
 
     if not args.scan.is_file():

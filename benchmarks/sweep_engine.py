@@ -44,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="10 runs of 3 epochs (make bench)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.epochs = 10, 3
     runs = grid(args.runs, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         serial_wall, serial = measure(SerialLauncher(), runs, Path(tmp) / "serial")

@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from ntdh_bench.distillers.base import paired_logits
 from ntdh_bench.divergence import divergence_report
@@ -103,18 +103,22 @@ class DivergenceMonitor(L.Callback):
     """Log ``<stage>/{kl,tckl,nckl,tcjsd,ncjsd}`` between teacher and student at temperature
     ``T``: means over the valid items of each validation and test epoch (synced across
     processes). Reads the ``{"student", "teacher"}`` outputs of the module's evaluation steps.
+
+    The means are kept as detached running sums and an item count (what a torchmetrics
+    ``MeanMetric`` keeps, without its per-update bookkeeping, which costs more than the
+    divergences of a small batch); at the epoch's end they are summed across processes by the
+    trainer's strategy and logged.
     """
 
     def __init__(self, T: float = 1.0) -> None:
         if T <= 0:
             raise ValueError(f"DivergenceMonitor: T must be positive, got {T}")
         self.T = T
-        self.metrics = {s: {n: MeanMetric() for n in DIVERGENCES} for s in ("val", "test")}
+        self._sums: dict[str, Tensor | None] = {"val": None, "test": None}
+        self._counts: dict[str, int] = {"val": 0, "test": 0}
 
     def _start(self, stage: str, pl_module: L.LightningModule) -> None:
-        for metric in self.metrics[stage].values():
-            metric.to(pl_module.device)
-            metric.reset()
+        self._sums[stage], self._counts[stage] = None, 0
 
     def _update(self, stage: str, outputs: Any, batch: Mapping[str, Tensor]) -> None:
         if not isinstance(outputs, Mapping) or outputs.get("teacher") is None:
@@ -123,13 +127,23 @@ class DivergenceMonitor(L.Callback):
             outputs["student"], outputs["teacher"], dict(batch)
         )
         values = divergence_report(logits_t, logits_s, target, self.T)
-        for name, metric in self.metrics[stage].items():
-            metric.update(values[name])
+        sums = torch.stack([values[name].detach().float().sum() for name in DIVERGENCES])
+        previous = self._sums[stage]
+        self._sums[stage] = sums if previous is None else previous + sums
+        self._counts[stage] += len(target)
 
     def _log(self, stage: str, pl_module: L.LightningModule) -> None:
-        for name, metric in self.metrics[stage].items():
-            if metric.update_count:
-                pl_module.log(f"{stage}/{name}", metric.compute(), on_epoch=True)
+        sums = self._sums[stage]
+        if sums is None:
+            return
+        count = torch.tensor(float(self._counts[stage]), device=sums.device)
+        strategy = pl_module.trainer.strategy
+        sums = strategy.reduce(sums, reduce_op="sum")
+        count = strategy.reduce(count, reduce_op="sum")
+        means = sums / count
+        for i, name in enumerate(DIVERGENCES):
+            pl_module.log(f"{stage}/{name}", means[i], on_epoch=True)
+        self._sums[stage], self._counts[stage] = None, 0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._start("val", pl_module)

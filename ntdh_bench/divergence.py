@@ -39,14 +39,15 @@ __all__ = [
     "flatten_dense",
     "jsd",
     "kl",
+    "nontarget_jsd",
     "nontarget_mass",
 ]
 
 _LN2 = math.log(2.0)
 
 
-def _scaled_log_softmax(logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    """Return ``(z / T, log_softmax(z / T))`` in at least float32."""
+def _scaled(logits: Tensor, T: float) -> Tensor:
+    """Return ``z / T`` in at least float32, checking the shape and the temperature."""
     if logits.dim() != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
     if logits.shape[1] < 2:
@@ -54,7 +55,12 @@ def _scaled_log_softmax(logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
     if T <= 0:
         raise ValueError(f"temperature must be positive, got T = {T}")
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    z = z / T
+    return z / T
+
+
+def _scaled_log_softmax(logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
+    """Return ``(z / T, log_softmax(z / T))`` in at least float32."""
+    z = _scaled(logits, T)
     return z, torch.log_softmax(z, dim=1)
 
 
@@ -84,19 +90,26 @@ def _decompose(logits: Tensor, target: Tensor, T: float) -> tuple[Tensor, Tensor
     with 1 at the non-target positions.
     """
     z, log_p = _scaled_log_softmax(logits, T)
+    target, log_z_non, log_p_hat, mask = _nontarget(z, target)
+    log_z_all = torch.logsumexp(z, dim=1, keepdim=True)
+    log_pk = log_p.gather(1, target)
+    log_not_pk = log_z_non - log_z_all  # log(1 - p_k), exact even when p_k rounds to 1
+    log_b = torch.cat([log_pk, log_not_pk], dim=1)
+    return log_b, log_p_hat, mask
+
+
+def _nontarget(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The non-target half of :func:`_decompose` for scaled logits ``z``: ``(target (N, 1),
+    log_z_non, log_p_hat, nontarget_mask)``."""
     if target.shape != (z.shape[0],):
         raise ValueError(
             f"target must have shape ({z.shape[0]},) to match logits, got {tuple(target.shape)}"
         )
     target = target.long().unsqueeze(1)
     is_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, target, True)
-    log_z_all = torch.logsumexp(z, dim=1, keepdim=True)
     log_z_non = torch.logsumexp(z.masked_fill(is_target, float("-inf")), dim=1, keepdim=True)
-    log_pk = log_p.gather(1, target)
-    log_not_pk = log_z_non - log_z_all  # log(1 - p_k), exact even when p_k rounds to 1
-    log_b = torch.cat([log_pk, log_not_pk], dim=1)
     log_p_hat = (z - log_z_non).masked_fill(is_target, 0.0)
-    return log_b, log_p_hat, (~is_target).to(z.dtype)
+    return target, log_z_non, log_p_hat, (~is_target).to(z.dtype)
 
 
 def _masked_kl(log_p: Tensor, log_q: Tensor, mask: Tensor) -> Tensor:
@@ -143,6 +156,14 @@ def decoupled_jsd(
     log_bt, log_ht, mask = _decompose(logits_t, target, T)
     log_bs, log_hs, _ = _decompose(logits_s, target, T)
     return _jsd_from_logs(log_bt, log_bs), _masked_jsd(log_ht, log_hs, mask)
+
+
+def nontarget_jsd(logits_t: Tensor, logits_s: Tensor, target: Tensor, T: float = 1.0) -> Tensor:
+    """Per-sample NCJSD alone: bit-identical to ``decoupled_jsd(...)[1]`` at half its cost
+    (Algorithm 2 ranks a batch's samples by it every training step)."""
+    _, _, log_ht, mask = _nontarget(_scaled(logits_t, T), target)
+    _, _, log_hs, _ = _nontarget(_scaled(logits_s, T), target)
+    return _masked_jsd(log_ht, log_hs, mask)
 
 
 def nontarget_mass(logits: Tensor, target: Tensor, T: float = 1.0) -> Tensor:

@@ -27,6 +27,8 @@ the distillation term only, for any distiller; ``train/masked_fraction`` is logg
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -62,8 +64,60 @@ def _labels(batch: dict[str, Tensor]) -> Tensor:
     return y if valid is None else y.masked_fill(~valid.bool(), IGNORE_INDEX)
 
 
+def _same_view(a: Tensor | None, b: Tensor | None) -> bool:
+    """Whether two tensors are the same view of the same memory (``detach`` keeps it)."""
+    if a is None or b is None:
+        return False
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+class _CachedRows(ModelOutput):
+    """Rows ``index`` of cached teacher outputs, each tensor gathered when first read.
+
+    A logits-only distiller (KD, the decoupled losses) then never gathers the hidden features
+    and embedding, which on the synthetic MLP cost more than the logits; an embedding that is
+    the last feature map (every MLP) is gathered once. The rows are exactly
+    ``source.index_select(index)``.
+    """
+
+    def __init__(self, source: ModelOutput, index: Tensor, embedding_is_last: bool) -> None:
+        self._source, self._index, self._embedding_is_last = source, index, embedding_is_last
+        self._rows: dict[str, Tensor | list[Tensor] | None] = {}
+
+    @property
+    def logits(self) -> Tensor:
+        if "logits" not in self._rows:
+            self._rows["logits"] = self._source.logits[self._index]
+        return self._rows["logits"]
+
+    @property
+    def features(self) -> list[Tensor]:
+        if "features" not in self._rows:
+            self._rows["features"] = [f[self._index] for f in self._source.features]
+        return self._rows["features"]
+
+    @property
+    def embedding(self) -> Tensor | None:
+        if "embedding" not in self._rows:
+            source = self._source.embedding
+            if source is None:
+                rows = None
+            elif self._embedding_is_last:
+                rows = self.features[-1]
+            else:
+                rows = source[self._index]
+            self._rows["embedding"] = rows
+        return self._rows["embedding"]
+
+
 class _SupervisedBase(L.LightningModule):
-    """Shared by both modules: the task metric per stage, cross-entropy, the optimizer."""
+    """Shared by both modules: the task metric per stage, cross-entropy, the optimizer.
+
+    Training losses are logged as epoch means, ``sum_b n_b * value_b / sum_b n_b`` as
+    Lightning's ``on_epoch`` mean computes them, but accumulated here as detached tensors and
+    handed to ``self.log`` once, at the epoch's last batch: a ``self.log`` call per step costs
+    about 1 ms of Lightning's bookkeeping, more than a step of the suite's small networks.
+    """
 
     def __init__(
         self,
@@ -85,14 +139,52 @@ class _SupervisedBase(L.LightningModule):
         self.stage_metrics = nn.ModuleDict(
             {stage: task_metric(task, num_classes) for stage in ("val", "test")}
         )
+        self._epoch_sums: dict[str, list[Tensor]] = {}
+
+    def _accumulate(self, name: str, value: Tensor, batch: dict[str, Tensor]) -> None:
+        """Add a training batch's ``value`` to the epoch mean of ``name`` (no device sync)."""
+        n = len(batch["y"])
+        total = self._epoch_sums.get(name)
+        if total is None:
+            self._epoch_sums[name] = [value.detach() * n, n]
+        else:
+            total[0] = total[0] + value.detach() * n
+            total[1] += n
+
+    def _is_last_batch(self, batch_idx: int) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        n = trainer.num_training_batches
+        return not math.isfinite(n) or batch_idx >= n - 1
+
+    def _log_epoch_means(self, batch_idx: int) -> None:
+        """At the epoch's last batch, log each accumulated mean once (synced across ranks)."""
+        if not self._is_last_batch(batch_idx):
+            return
+        for name, (total, n) in self._epoch_sums.items():
+            self.log(name, total / n, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        self._epoch_sums = {}
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums = {}
 
     def _cross_entropy(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
 
     def _logtask_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
-        metric = self.stage_metrics[stage]
-        metric.update(logits, _labels(batch))
-        self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True)
+        """Update the stage's task metric; it is logged once, at the epoch's end."""
+        self.stage_metrics[stage].update(logits, _labels(batch))
+
+    def _log_stage_metrics(self, stage: str) -> None:
+        """Log the stage's torchmetrics once per epoch (Lightning computes and resets them)."""
+        self.log(f"{stage}/{self.metric_name}", self.stage_metrics[stage], on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage_metrics("test")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -139,7 +231,8 @@ class UnimodalModule(_SupervisedBase):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._cross_entropy(self.model(batch[self.modality]).logits, batch)
-        self.log("train/ce", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._accumulate("train/ce", loss, batch)
+        self._log_epoch_means(batch_idx)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -191,6 +284,7 @@ class CrossModalKD(_SupervisedBase):
                 {stage: task_metric(task, num_classes) for stage in ("val", "test")}
             )
         self._teacher_cache: dict[str, ModelOutput] = {}
+        self._embedding_is_last: set[str] = set()  # splits whose embedding is features[-1]
 
     def add_distill_weighting(self, weighting: SampleWeighting) -> None:
         """Weigh every training batch's distillation term with ``weighting`` (Algorithm 2)."""
@@ -220,11 +314,11 @@ class CrossModalKD(_SupervisedBase):
         """The teacher's output for a batch: from the cache when there is one."""
         cached = self._teacher_cache.get(split)
         if cached is not None:
-            return cached.index_select(batch["index"])
+            return _CachedRows(cached, batch["index"], split in self._embedding_is_last)
         return self._run_teacher(self.teacher_input(batch))
 
     def _fill_teacher_cache(self) -> None:
-        self._teacher_cache = {}
+        self._teacher_cache, self._embedding_is_last = {}, set()
         dm = getattr(self.trainer, "datamodule", None)
         if not self.hparams.cache_teacher or self.teacher is None:
             return
@@ -240,11 +334,19 @@ class CrossModalKD(_SupervisedBase):
             for start in range(0, len(tensors["y"]), chunk):
                 part = {k: v[start : start + chunk].to(self.device) for k, v in tensors.items()}
                 chunks.append(self._run_teacher(self.teacher_input(part)))
+            features = [torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)]
+            is_last = all(
+                _same_view(c.embedding, c.features[-1] if c.features else None) for c in chunks
+            )
+            if is_last:
+                self._embedding_is_last.add(split)
             self._teacher_cache[split] = ModelOutput(
                 logits=torch.cat([c.logits for c in chunks]),
-                features=[torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)],
+                features=features,
                 embedding=None
                 if chunks[0].embedding is None
+                else features[-1]
+                if is_last
                 else torch.cat([c.embedding for c in chunks]),
             )
 
@@ -293,6 +395,7 @@ class CrossModalKD(_SupervisedBase):
 
     def on_train_epoch_start(self) -> None:
         """Schedules inside the distiller (DKD's warm-up, FitNet's stages) follow the epoch."""
+        super().on_train_epoch_start()
         if self.distiller is not None:
             self.distiller.set_epoch(self.current_epoch)
 
@@ -310,8 +413,9 @@ class CrossModalKD(_SupervisedBase):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         student_out = self.student(batch["xb"])
         ce = self._cross_entropy(student_out.logits, batch)
-        self.log("train/ce", ce, on_step=False, on_epoch=True, sync_dist=True)
+        self._accumulate("train/ce", ce, batch)
         if self.distiller is None:
+            self._log_epoch_means(batch_idx)
             return ce
         teacher_out = self.teacher_output(batch, "train")
         for weighting in self.distill_weightings:
@@ -319,10 +423,11 @@ class CrossModalKD(_SupervisedBase):
         terms = self.distiller(student_out, teacher_out, batch)
         distill = torch.stack(list(terms.values())).sum()
         for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
+            self._accumulate(f"train/{name}", value, batch)
         lam, ce_weight = self.hparams.lam, self.hparams.ce_weight
         loss = (1.0 - lam if ce_weight is None else ce_weight) * ce + lam * distill
-        self.log("train/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self._accumulate("train/loss", loss, batch)
+        self._log_epoch_means(batch_idx)
         return loss
 
     def _weighted(
@@ -337,7 +442,7 @@ class CrossModalKD(_SupervisedBase):
         weight, fraction = weighting(student_out, teacher_out, batch)
         if "distill_weight" in batch:
             weight = weight * batch["distill_weight"]
-        self.log("train/masked_fraction", fraction, on_step=False, on_epoch=True, sync_dist=True)
+        self._accumulate("train/masked_fraction", torch.as_tensor(fraction), batch)
         return {**batch, "distill_weight": weight}
 
     # --- evaluation --------------------------------------------------------------------
@@ -347,10 +452,14 @@ class CrossModalKD(_SupervisedBase):
         if self.teacher is None:
             return {"student": student_out, "teacher": None}
         teacher_out = self.teacher_output(batch, stage)
-        metric = self.teacher_metrics[stage]
-        metric.update(teacher_out.logits, _labels(batch))
-        self.log(f"{stage}/teacher_{self.metric_name}", metric, on_step=False, on_epoch=True)
+        self.teacher_metrics[stage].update(teacher_out.logits, _labels(batch))
         return {"student": student_out, "teacher": teacher_out}
+
+    def _log_stage_metrics(self, stage: str) -> None:
+        super()._log_stage_metrics(stage)
+        if self.teacher is not None:
+            name = f"{stage}/teacher_{self.metric_name}"
+            self.log(name, self.teacher_metrics[stage], on_epoch=True)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
         """Both networks' outputs, for :class:`ntdh_bench.callbacks.DivergenceMonitor`."""

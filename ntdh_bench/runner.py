@@ -16,6 +16,8 @@ per-epoch validation curves as ``history/<metric>/<epoch>`` metrics.
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,29 @@ from ntdh_bench.training import (
 
 __all__ = ["RunEnv", "RunResult", "execute_run"]
 
+# In-memory datamodules of this process's recent runs, by dataset section and seed: a sweep's
+# worker runs the teacher, the no-KD student and the KD students of one cell one after another,
+# and rebuilding the data (scikit-learn's generator, the digits' blends) costs each of them.
+_DATAMODULES: OrderedDict[str, PairedDataModule] = OrderedDict()
+_DATAMODULES_KEPT = 2
+
+
+def _run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
+    """The run's datamodule, reused from a recent run of this process with the same data and
+    seed when it keeps its splits in memory (file-backed ones are built afresh)."""
+    key = json.dumps({"dataset": config["dataset"], "seed": config["seed"]}, sort_keys=True)
+    dm = _DATAMODULES.get(key)
+    if dm is not None:
+        _DATAMODULES.move_to_end(key)
+        dm.trainer = None  # the last run's trainer (and its device) is not this run's
+        return dm
+    dm = build_run_datamodule(config)
+    if dm.uses_tensor_path:
+        _DATAMODULES[key] = dm
+        while len(_DATAMODULES) > _DATAMODULES_KEPT:
+            _DATAMODULES.popitem(last=False)
+    return dm
+
 
 @dataclass
 class RunResult:
@@ -59,7 +84,7 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
     folder = run_folder_name(config, run_id)
     reset_data_warnings()  # the counts below are this run's (data/<problem> in its metrics)
     with quiet_lightning():
-        dm = build_run_datamodule(config)
+        dm = _run_datamodule(config)
         if config["role"] == "unimodal":
             L.seed_everything(config["seed"], workers=True, verbose=False)
             network = build_network(config, dm, config["modality"])

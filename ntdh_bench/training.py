@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -101,13 +102,32 @@ class RunLogger(TensorBoardLogger):
 
     Lightning finalizes loggers after ``fit``, which would close the writer and start a new
     event file for ``test``; here finalizing only flushes, and :meth:`close` ends the file.
+
+    Lightning also calls :meth:`save` (a flush that waits for the writer thread, plus a check
+    for ``hparams.yaml``) after every logged epoch; for runs of many one-batch epochs that is
+    a tenth of the run. Here it happens at most every ``save_every_s`` seconds; the end of fit,
+    of test and of the run always flush.
     """
+
+    save_every_s: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_save = -math.inf
+
+    def save(self) -> None:
+        now = time.monotonic()
+        if now - self._last_save < self.save_every_s:
+            return
+        self._last_save = now
+        super().save()
 
     def finalize(self, status: str) -> None:
         if self._experiment is not None:
             self.experiment.flush()
 
     def close(self) -> None:
+        self._last_save = -math.inf  # the final save always writes
         super().finalize("success")
 
 

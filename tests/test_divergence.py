@@ -196,3 +196,21 @@ def test_nckl_and_ncjsd_by_hand_on_non_proportional_non_target_shapes():
     assert float(got_ncjsd) == pytest.approx(ncjsd, rel=1e-5)
     swapped = decoupled_kl(p_s.log(), p_t.log(), target)[1]
     assert float(swapped) != pytest.approx(nckl, rel=1e-2)  # teacher and student not symmetric
+
+
+@pytest.mark.parametrize("T", [1.0, 4.0])
+def test_nontarget_jsd_is_bit_identical_to_decoupled_jsd(T):
+    # Red if the NCJSD-only path Algorithm 2 ranks samples by (each training step) drifts from
+    # decoupled_jsd's NCJSD in any bit: masks chosen by rank would then differ from before.
+    from ntdh_bench.divergence import nontarget_jsd
+
+    gen = torch.Generator().manual_seed(0)
+    logits_t = torch.randn(257, 7, generator=gen) * 5
+    logits_s = torch.randn(257, 7, generator=gen) * 5
+    logits_t[0] = torch.tensor([900.0, -900.0, 0, 0, 0, 0, 0])  # p_k rounds to 1
+    target = torch.randint(0, 7, (257,), generator=gen)
+    target[0] = 0
+    expected = decoupled_jsd(logits_t, logits_s, target, T)[1]
+    assert torch.equal(nontarget_jsd(logits_t, logits_s, target, T), expected)
+    half = nontarget_jsd(logits_t.half(), logits_s.half(), target, T)
+    assert torch.equal(half, decoupled_jsd(logits_t.half(), logits_s.half(), target, T)[1])

@@ -166,3 +166,56 @@ def test_released_loss_forms_weigh_ce_and_distillation_separately(tiny_synthetic
         reduction="batchmean",
     )  # fmt: skip
     torch.testing.assert_close(loss, ce_weight * ce + lam * kl)
+
+
+class _StepLosses(L.Callback):
+    """The loss and batch size of every training step, per epoch."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, list[tuple[float, int]]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = (float(outputs["loss"]), len(batch["y"]))
+        self.steps.setdefault(trainer.current_epoch, []).append(step)
+
+
+def test_training_losses_reach_tensorboard_as_batch_weighted_epoch_means(
+    tiny_synthetic, lean_trainer
+):
+    # Red if the per-epoch accumulation of the training losses (logged once per epoch instead
+    # of per step) weighs batches equally (400 samples: six batches of 64 and one of 16), logs
+    # only the last batch, or carries sums over from the previous epoch.
+    teacher, student = _nets()
+    module = CrossModalKD(student, teacher, build_distiller("kd"), 4)
+    losses = _StepLosses()
+    trainer = lean_trainer(max_epochs=2, log=True, callbacks=[losses])
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    logged = [e.value for e in events.Scalars("train/loss")]
+    expected = [
+        sum(v * n for v, n in losses.steps[e]) / sum(n for _, n in losses.steps[e]) for e in (0, 1)
+    ]
+    assert [n for _, n in losses.steps[0]] == [64] * 6 + [16]
+    assert logged == pytest.approx(expected, rel=1e-6)
+
+
+def test_cached_teacher_rows_equal_index_select_of_every_output():
+    # Red if the lazily gathered rows of the teacher cache differ from ModelOutput.index_select
+    # (wrong index, an embedding taken from the wrong feature map, a stale row cache).
+    from models.base import ModelOutput
+    from ntdh_bench.module import _CachedRows
+
+    torch.manual_seed(0)
+    features = [torch.randn(10, 5), torch.randn(10, 3)]
+    index = torch.tensor([7, 0, 3, 3])
+    for embedding, is_last in ((features[-1], True), (torch.randn(10, 3), False), (None, False)):
+        cached = ModelOutput(torch.randn(10, 4), features, embedding)
+        rows, expected = _CachedRows(cached, index, is_last), cached.index_select(index)
+        assert torch.equal(rows.logits, expected.logits)
+        assert all(torch.equal(a, b) for a, b in zip(rows.features, expected.features, strict=True))
+        if embedding is None:
+            assert rows.embedding is None
+        else:
+            assert torch.equal(rows.embedding, expected.embedding)

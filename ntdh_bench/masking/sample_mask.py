@@ -19,7 +19,7 @@ from torch import Tensor
 
 from models.base import ModelOutput
 from ntdh_bench.distillers.base import paired_logits
-from ntdh_bench.divergence import decoupled_jsd, dense_keep_mask
+from ntdh_bench.divergence import dense_keep_mask, nontarget_jsd
 from ntdh_bench.masking.selection import MASK_KINDS, mask_count, select_masked
 
 SAMPLE_MASK_KINDS = (*MASK_KINDS, "pssm")
@@ -68,7 +68,7 @@ class SampleWeighting:
             return pssm_weights(logits_t, logits_s, target, self.threshold)
         scores = None
         if self.kind != "random":
-            scores = decoupled_jsd(logits_t, logits_s, target, self.T)[1]
+            scores = nontarget_jsd(logits_t, logits_s, target, self.T)
         generator = self._gen(logits_t.device) if self.kind == "random" else None
         masked = select_masked(scores, self.kind, self.ratio, len(target), generator)
         return (~masked.to(logits_t.device)).to(logits_t.dtype)
