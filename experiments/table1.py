@@ -18,7 +18,7 @@ from models import count_parameters
 from ntdh_bench.builders import build_network, build_run_datamodule
 from ntdh_bench.config import datasets_with_config, run_config
 from ntdh_bench.experiment import Experiment, RunSpec
-from ntdh_bench.report import Records
+from ntdh_bench.report import Records, metric_label
 from ntdh_bench.tables import Table
 
 
@@ -86,14 +86,14 @@ class Table1(Experiment):
             f"mean ± 95% interval over seeds. Protocol: {self.args.protocol}.",
         )
         for name in self.datasets:
-            metric = "test/acc" if DATAMODULES[name].task == "classification" else "test/miou"
             runs = records.where(dataset__name=name)
+            metric = runs.metric_name()  # SSC mIoU for scene completion, else mIoU or acc
             cap_a, cap_b = self.capacity(name)
             table.add_row(
                 name,
                 f"{cap_a / 1e6:.4f}",
                 f"{cap_b / 1e6:.4f}",
-                metric.split("/")[1],
+                metric_label(metric),
                 runs.where(modality="xa").estimate(metric),
                 runs.where(modality="xb").estimate(metric),
             )

@@ -172,7 +172,7 @@ class _SupervisedBase(L.LightningModule):
     def _cross_entropy(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         return F.cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
 
-    def _logtask_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
+    def _log_task_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
         """Update the stage's task metric; it is logged once, at the epoch's end."""
         self.stage_metrics[stage].update(logits, _labels(batch))
 
@@ -235,11 +235,17 @@ class UnimodalModule(_SupervisedBase):
         self._log_epoch_means(batch_idx)
         return loss
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._logtask_metric("val", self.model(batch[self.modality]).logits, batch)
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+        """The trained network's output as ``student`` (no teacher), for metric callbacks
+        such as :class:`ntdh_bench.ssc_metrics.SSCMonitor`."""
+        out = self.model(batch[self.modality])
+        self._log_task_metric("val", out.logits, batch)
+        return {"student": out, "teacher": None}
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._logtask_metric("test", self.model(batch[self.modality]).logits, batch)
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
+        out = self.model(batch[self.modality])
+        self._log_task_metric("test", out.logits, batch)
+        return {"student": out, "teacher": None}
 
 
 class CrossModalKD(_SupervisedBase):
@@ -448,7 +454,7 @@ class CrossModalKD(_SupervisedBase):
     # --- evaluation --------------------------------------------------------------------
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, ModelOutput | None]:
         student_out = self.student(batch["xb"])
-        self._logtask_metric(stage, student_out.logits, batch)
+        self._log_task_metric(stage, student_out.logits, batch)
         if self.teacher is None:
             return {"student": student_out, "teacher": None}
         teacher_out = self.teacher_output(batch, stage)

@@ -89,7 +89,14 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
             L.seed_everything(config["seed"], workers=True, verbose=False)
             network = build_network(config, dm, config["modality"])
             _, metrics, timing, trainer = train_unimodal(
-                network, dm, config["modality"], config["teacher"], env, env.experiment, folder
+                network,
+                dm,
+                config["modality"],
+                config["teacher"],
+                env,
+                env.experiment,
+                folder,
+                metric_callbacks(dm),  # Table I scores SSC by SSC mIoU, as the paper does
             )
             log_hparams(trainer, config, metrics)
             result = RunResult(metrics, timing)

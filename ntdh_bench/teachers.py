@@ -24,6 +24,7 @@ from datamodules import IGNORE_INDEX, PairedDataModule
 from ntdh_bench.builders import build_network
 from ntdh_bench.cache import CacheEntry
 from ntdh_bench.callbacks import FeatureMask
+from ntdh_bench.extra_metrics import metric_callbacks
 from ntdh_bench.masking.feature_mask import MaskedNetwork, feature_keep_mask, oracle_keep_mask
 from ntdh_bench.masking.joint import joint_train
 from ntdh_bench.masking.saliency import Saliency, capture, compute_saliency, patch_groups
@@ -154,7 +155,14 @@ def _load_or_train_teacher(
     name = "teachers"
     version = f"teacher-{'masked-' if mask else ''}s{config['seed']}-{entry.key}"
     module, metrics, timing, trainer = train_unimodal(
-        network, dm, "xa", config["teacher"], env, name, version, [mask] if mask else []
+        network,
+        dm,
+        "xa",
+        config["teacher"],
+        env,
+        name,
+        version,
+        [*([mask] if mask else []), *metric_callbacks(dm)],
     )
     network = module.model.cpu().eval()
     log_hparams(trainer, entry.identity, metrics)

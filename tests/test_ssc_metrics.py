@@ -145,3 +145,7 @@ def test_a_kd_run_on_nyu_ssc_records_the_ssc_scores(tmp_path):
         assert 0.0 <= metrics[f"test/{name}"] <= 1.0
         assert 0.0 <= metrics[f"test/teacher_{name}"] <= 1.0
     assert "test/miou" in metrics  # the 12-class mIoU of dense tasks stays beside them
+    # the teacher itself, and Table I's unimodal runs, are scored by the SSC scores too
+    assert 0.0 <= metrics["teacher/test/ssc_miou"] <= 1.0
+    unimodal = execute_run(run_config(config, "unimodal", 0, modality="xb"), env).metrics
+    assert 0.0 <= unimodal["test/ssc_miou"] <= 1.0 and "test/sc_iou" in unimodal
