@@ -99,7 +99,42 @@ class SampleMask(L.Callback):
         add(self.weighting)
 
 
-class DivergenceMonitor(L.Callback):
+class EvaluationMonitor(L.Callback):
+    """Base of the callbacks that score the ``{"student", "teacher"}`` outputs of the
+    module's validation and test steps: ``_start`` an epoch, ``_update`` per batch, ``_log``
+    at the epoch's end, for ``stage`` ``"val"`` or ``"test"``."""
+
+    def _start(self, stage: str, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def _update(self, stage: str, outputs: Any, batch: Mapping[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def _log(self, stage: str, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start("val", pl_module)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start("test", pl_module)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
+        self._update("val", outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._update("test", outputs, batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._log("val", pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._log("test", pl_module)
+
+
+class DivergenceMonitor(EvaluationMonitor):
     """Log ``<stage>/{kl,tckl,nckl,tcjsd,ncjsd}`` between teacher and student at temperature
     ``T``: means over the valid items of each validation and test epoch (synced across
     processes). Reads the ``{"student", "teacher"}`` outputs of the module's evaluation steps.
@@ -144,26 +179,6 @@ class DivergenceMonitor(L.Callback):
         for i, name in enumerate(DIVERGENCES):
             pl_module.log(f"{stage}/{name}", means[i], on_epoch=True)
         self._sums[stage], self._counts[stage] = None, 0
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._start("val", pl_module)
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._start("test", pl_module)
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        self._update("val", outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update("test", outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._log("val", pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._log("test", pl_module)
 
 
 class MetricHistory(L.Callback):

@@ -29,6 +29,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from datamodules.base import IGNORE_INDEX
+from ntdh_bench.callbacks import EvaluationMonitor
 
 STAGES = ("val", "test")
 NETWORKS = ("student", "teacher")
@@ -84,7 +85,7 @@ def ssc_scores(confmat: Tensor) -> dict[str, Tensor]:
     }
 
 
-class SSCMonitor(L.Callback):
+class SSCMonitor(EvaluationMonitor):
     """Log SSC scores per validation and test epoch: ``<stage>/{sc_iou, sc_precision,
     sc_recall, ssc_miou}`` of the student and ``<stage>/teacher_{...}`` of the teacher, over
     the batch's ``valid`` voxels, accumulated over the whole split (:class:`SSCMetrics`).
@@ -128,23 +129,3 @@ class SSCMonitor(L.Callback):
                 for name, iou in zip(self.names, scores["iou"].tolist(), strict=True):
                     if not math.isnan(iou):
                         pl_module.log(f"test/ssc_iou_{name}", iou, on_epoch=True)
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._start("val", pl_module)
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._start("test", pl_module)
-
-    def on_validation_batch_end(
-        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
-    ):
-        self._update("val", outputs, batch)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._update("test", outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._log("val", pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._log("test", pl_module)
