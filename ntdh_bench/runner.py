@@ -17,6 +17,7 @@ per-epoch validation curves as ``history/<metric>/<epoch>`` metrics.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,16 +56,22 @@ _DATAMODULES_KEPT = 2
 
 
 def _run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
-    """The run's datamodule, reused from a recent run of this process with the same data and
-    seed when it keeps its splits in memory (file-backed ones are built afresh)."""
-    key = json.dumps({"dataset": config["dataset"], "seed": config["seed"]}, sort_keys=True)
+    """The run's datamodule, reused from a recent run of this process with the same data,
+    seed and data environment (cache, strictness) when it keeps its splits in memory and its
+    building reported no data problem (so every run records its own data warnings).
+    File-backed datamodules are built afresh."""
+    environment = {k: os.environ.get(k) for k in ("NTDH_CACHE", "NTDH_STRICT", "NTDH_DATA")}
+    key = json.dumps(
+        {"dataset": config["dataset"], "seed": config["seed"], "env": environment},
+        sort_keys=True,
+    )
     dm = _DATAMODULES.get(key)
     if dm is not None:
         _DATAMODULES.move_to_end(key)
         dm.trainer = None  # the last run's trainer (and its device) is not this run's
         return dm
     dm = build_run_datamodule(config)
-    if dm.uses_tensor_path:
+    if dm.uses_tensor_path and not data_warning_counts():
         _DATAMODULES[key] = dm
         while len(_DATAMODULES) > _DATAMODULES_KEPT:
             _DATAMODULES.popitem(last=False)

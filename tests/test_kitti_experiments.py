@@ -75,4 +75,4 @@ def test_table1_row_for_semantic_kitti(kitti_root, tmp_path, capsys, out_dirs):
     row = next(line for line in table.splitlines() if line.startswith("| semantic_kitti"))
     # the light stream: camera (3 channels) and point image (5) differ in the first conv only
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3] == "miou" and float(cells[2]) > float(cells[1]) > 0
+    assert cells[3] == "mIoU" and float(cells[2]) > float(cells[1]) > 0
