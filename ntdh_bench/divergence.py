@@ -106,7 +106,8 @@ def _nontarget(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tenso
             f"target must have shape ({z.shape[0]},) to match logits, got {tuple(target.shape)}"
         )
     target = target.long().unsqueeze(1)
-    is_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, target, True)
+    # a comparison, not scatter_: the same mask, and vmap (ensembles) has a rule for it
+    is_target = torch.arange(z.shape[1], device=z.device) == target
     log_z_non = torch.logsumexp(z.masked_fill(is_target, float("-inf")), dim=1, keepdim=True)
     log_p_hat = (z - log_z_non).masked_fill(is_target, 0.0)
     return target, log_z_non, log_p_hat, (~is_target).to(z.dtype)

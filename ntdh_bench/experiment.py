@@ -32,6 +32,7 @@ from datamodules.base import data_environment
 from ntdh_bench.builders import build_run_datamodule
 from ntdh_bench.claims import Verdict, write_verdicts
 from ntdh_bench.config import PROTOCOLS, dataset_config, resolve_run_config
+from ntdh_bench.ensemble import execute_ensemble, plan_tasks
 from ntdh_bench.launchers import (
     Executor,
     Launcher,
@@ -201,8 +202,26 @@ class Experiment(ABC):
             return PoolLauncher(workers)
         return SerialLauncher()
 
+    def ensembles_enabled(self, executor: Executor) -> bool:
+        """Whether eligible runs train together as vectorised ensembles (not with
+        ``--no-ensemble``, a custom executor, DDP or SLURM; see :mod:`ntdh_bench.ensemble`)."""
+        args = self.args
+        return (
+            not getattr(args, "no_ensemble", False)
+            and executor is execute_run
+            and not self.env.devices.distributed
+            and getattr(args, "launcher", "auto") != "slurm"
+        )
+
     def _execute(self, specs: list[RunSpec], todo: list[RunSpec], executor: Executor) -> None:
-        sweep = Sweep(self.name, self.results_dir, self.env, executor)
+        launcher = self.launcher()
+        runs = [(s.config, s.run_id) for s in todo]
+        if self.ensembles_enabled(executor):
+            sweep = Sweep(self.name, self.results_dir, self.env, executor, execute_ensemble)
+            tasks = plan_tasks(runs, lambda run: run[0], workers=launcher.workers)
+        else:
+            sweep = Sweep(self.name, self.results_dir, self.env, executor)
+            tasks = list(runs)
         show = is_launch_rank_zero()
         bar = tqdm(
             total=len(specs),
@@ -221,7 +240,7 @@ class Experiment(ABC):
             bar.update(1)
 
         try:
-            self.launcher().launch(sweep, [(s.config, s.run_id) for s in todo], progress)
+            launcher.launch(sweep, tasks, progress)
         finally:
             bar.close()
 
@@ -335,6 +354,13 @@ class Experiment(ABC):
         )
         launch.add_argument(
             "--ddp", action="store_true", help="train each run on all --gpus with DDP"
+        )
+        launch.add_argument(
+            "--no-ensemble",
+            action="store_true",
+            help="train every run alone; by default runs that differ only in seed and data cell "
+            "(synthetic, digits: MLPs, KD or decoupled loss, no mask) train together as one "
+            "vectorised torch.func ensemble, each recorded as if run alone",
         )
         launch.add_argument(
             "--num-nodes", type=int, default=1, help="machines per DDP run (SLURM or torchrun)"

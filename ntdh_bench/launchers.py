@@ -13,6 +13,11 @@ Every launcher executes runs through :func:`run_one`, which marks the run as run
 its failure, and appends its record to the result store (which locks, so concurrent workers
 and jobs can share it). Only the launching rank writes: under DDP the other ranks compute the
 same run and record nothing.
+
+A task is one run ``(config, run_id)`` or a list of them that train together as a vectorised
+ensemble (:mod:`ntdh_bench.ensemble`, when the sweep has an ``ensemble_executor``);
+:func:`run_task` executes either and returns one record per run, recorded exactly as a run
+alone is (locks, ``running/`` markers, done / failed / skipped).
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ from ntdh_bench.training import DeviceConfig
 log = logging.getLogger(__name__)
 
 Executor = Callable[[Mapping[str, Any], RunEnv, str], RunResult]
+# (configs, env, run_ids) -> per run, its result or the exception that failed it
+EnsembleExecutor = Callable[
+    [Sequence[Mapping[str, Any]], RunEnv, Sequence[str]], Sequence["RunResult | Exception"]
+]
+Run = tuple[Mapping[str, Any], str]
+Task = Run | list[Run]
 Progress = Callable[[Mapping[str, Any]], None]
 RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "RANK")
 
@@ -58,6 +69,7 @@ class Sweep:
     results_dir: Path
     env: RunEnv
     executor: Executor = execute_run
+    ensemble_executor: EnsembleExecutor | None = None
     started: float = field(default_factory=time.time)  # records after this are this sweep's
 
     @property
@@ -122,14 +134,22 @@ def run_one(sweep: Sweep, config: Mapping[str, Any], run_id: str) -> dict[str, A
     with run_lock(sweep.running_dir, run_id) as held:
         if not held:
             return _skipped(run_id, "running in another sweep (its lock is held)")
-        latest = ResultStore(sweep.results_dir).latest().get(run_id)
-        if latest is not None:
-            started = float(latest.get("worker", {}).get("started") or 0.0)
-            if latest["status"] == "done":
-                return _skipped(run_id, "done by another sweep")
-            if latest["status"] == "failed" and started >= sweep.started:
-                return _skipped(run_id, "failed in another sweep during this one")
+        skip = _skip_reason(ResultStore(sweep.results_dir).latest().get(run_id), sweep.started)
+        if skip is not None:
+            return _skipped(run_id, skip)
         return _execute_and_record(sweep, config, run_id, rank_zero=True)
+
+
+def _skip_reason(latest: Mapping[str, Any] | None, sweep_started: float) -> str | None:
+    """Why a run whose lock this sweep holds need not run: done, or failed in this sweep."""
+    if latest is None:
+        return None
+    started = float(latest.get("worker", {}).get("started") or 0.0)
+    if latest["status"] == "done":
+        return "done by another sweep"
+    if latest["status"] == "failed" and started >= sweep_started:
+        return "failed in another sweep during this one"
+    return None
 
 
 def _skipped(run_id: str, reason: str) -> dict[str, Any]:
@@ -137,45 +157,126 @@ def _skipped(run_id: str, reason: str) -> dict[str, Any]:
     return {"run_id": run_id, "status": "skipped", "error": reason}
 
 
-def _execute_and_record(
-    sweep: Sweep, config: Mapping[str, Any], run_id: str, rank_zero: bool
-) -> dict[str, Any]:
-    marker = sweep.running_dir / f"{run_id}.json"
-    worker = {
+def _worker_info() -> dict[str, Any]:
+    return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "started": time.time(),
     }
+
+
+def _execute_and_record(
+    sweep: Sweep, config: Mapping[str, Any], run_id: str, rank_zero: bool
+) -> dict[str, Any]:
+    marker = sweep.running_dir / f"{run_id}.json"
+    worker = _worker_info()
     if rank_zero:
         sweep.running_dir.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(worker))
     started = time.perf_counter()
     try:
-        result = sweep.executor(config, sweep.env, run_id)
-        status, error, metrics = "done", None, result.metrics
-        timing = {**result.timing, "total_s": time.perf_counter() - started}
+        outcome: RunResult | Exception = sweep.executor(config, sweep.env, run_id)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # recorded; the sweep goes on
+        outcome = exc
+    finally:
+        if rank_zero:
+            marker.unlink(missing_ok=True)
+    record = _record(sweep, config, run_id, outcome, time.perf_counter() - started, worker)
+    if rank_zero:
+        ResultStore(sweep.results_dir).append(record)
+    return record
+
+
+def _record(
+    sweep: Sweep,
+    config: Mapping[str, Any],
+    run_id: str,
+    outcome: RunResult | Exception,
+    elapsed_s: float,
+    worker: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The run's record: done when it returned metrics that are all finite, else failed."""
+    if isinstance(outcome, Exception):
+        status, metrics = "failed", {}
+        error = "".join(traceback.format_exception_only(type(outcome), outcome)).strip()
+        timing = {"total_s": elapsed_s}
+    else:
+        status, error, metrics = "done", None, outcome.metrics
+        timing = {**outcome.timing, "total_s": outcome.timing.get("share_s", elapsed_s)}
         bad = non_finite(metrics)
         if not metrics:
             status, error = "failed", "the run returned no metrics; it is not done"
         elif bad:
             shown = ", ".join(f"{k}={metrics[k]}" for k in bad[:5])
             status, error = "failed", f"non-finite metric(s): {shown}; the run is not done"
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # recorded; the sweep goes on
-        status, metrics = "failed", {}
-        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        timing = {"total_s": time.perf_counter() - started}
-    finally:
-        if rank_zero:
-            marker.unlink(missing_ok=True)
-    record = make_record(
+    return make_record(
         run_id, sweep.experiment, config, metrics, status, error, timing, worker=worker
     )
-    if rank_zero:
-        ResultStore(sweep.results_dir).append(record)
-    return record
+
+
+def run_task(sweep: Sweep, task: Task) -> list[dict[str, Any]]:
+    """Execute one task (a run, or runs that train together) and return its records."""
+    if isinstance(task, tuple):
+        return [run_one(sweep, *task)]
+    if sweep.ensemble_executor is None or not is_launch_rank_zero() or len(task) == 1:
+        return [run_one(sweep, config, run_id) for config, run_id in task]
+    return run_ensemble(sweep, task)
+
+
+def run_ensemble(sweep: Sweep, runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Train ``runs`` as one ensemble and record each as if run alone.
+
+    Each run's lock is taken first; runs locked by another sweep, or found done (or failed
+    during this sweep) in the store, are skipped as :func:`run_one` skips them, and the rest
+    train together. A failure of the whole ensemble fails each of its runs with its error.
+    """
+    assert sweep.ensemble_executor is not None
+    records: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        todo: list[Run] = []
+        latest = ResultStore(sweep.results_dir).latest()
+        for config, run_id in runs:
+            if not stack.enter_context(run_lock(sweep.running_dir, run_id)):
+                records.append(_skipped(run_id, "running in another sweep (its lock is held)"))
+                continue
+            skip = _skip_reason(latest.get(run_id), sweep.started)
+            if skip is not None:
+                records.append(_skipped(run_id, skip))
+                continue
+            todo.append((config, run_id))
+        if len(todo) == 1:
+            return [*records, _execute_and_record(sweep, *todo[0], rank_zero=True)]
+        if not todo:
+            return records
+        worker = _worker_info()
+        markers = [sweep.running_dir / f"{run_id}.json" for _, run_id in todo]
+        sweep.running_dir.mkdir(parents=True, exist_ok=True)
+        for marker in markers:
+            marker.write_text(json.dumps(worker))
+        started = time.perf_counter()
+        try:
+            outcomes = list(
+                sweep.ensemble_executor([c for c, _ in todo], sweep.env, [i for _, i in todo])
+            )
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the whole ensemble failed: so did each of its runs
+            outcomes = [exc] * len(todo)
+        finally:
+            for marker in markers:
+                marker.unlink(missing_ok=True)
+        share = (time.perf_counter() - started) / len(todo)
+        store = ResultStore(sweep.results_dir)
+        for (config, run_id), outcome in zip(todo, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
+                outcome.timing.setdefault("share_s", share)
+            record = _record(sweep, config, run_id, outcome, share, worker)
+            store.append(record)
+            records.append(record)
+    return records
 
 
 class Launcher(ABC):
@@ -184,17 +285,21 @@ class Launcher(ABC):
     workers: int = 1
 
     @abstractmethod
-    def launch(
-        self, sweep: Sweep, runs: Sequence[tuple[Mapping[str, Any], str]], progress: Progress
-    ) -> None: ...
+    def launch(self, sweep: Sweep, runs: Sequence[Task], progress: Progress) -> None: ...
+
+
+def task_size(task: Task) -> int:
+    """How many runs (records) a task yields."""
+    return 1 if isinstance(task, tuple) else len(task)
 
 
 class SerialLauncher(Launcher):
-    """One run after another, in this process."""
+    """One task after another, in this process."""
 
     def launch(self, sweep, runs, progress) -> None:
-        for config, run_id in runs:
-            progress(run_one(sweep, config, run_id))
+        for task in runs:
+            for record in run_task(sweep, task):
+                progress(record)
 
 
 def _pool_worker(
@@ -214,8 +319,8 @@ def _pool_worker(
     devices = replace(sweep.env.devices, gpus=1 if use_gpu else 0)
     local = replace(sweep, env=replace(sweep.env, devices=devices))
     while (task := tasks.get()) is not None:
-        config, run_id = task
-        results.put(run_one(local, config, run_id))
+        for record in run_task(local, task):
+            results.put(record)
 
 
 class PoolLauncher(Launcher):
@@ -256,7 +361,7 @@ class PoolLauncher(Launcher):
             proc.start()
             procs.append(proc)
         try:
-            remaining = len(runs)
+            remaining = sum(task_size(task) for task in runs)
             while remaining:
                 try:
                     record = results.get(timeout=1.0)
@@ -348,8 +453,9 @@ class SubmititLauncher(Launcher):
             num_nodes=sweep.env.devices.num_nodes,
         )
         job_sweep = replace(sweep, env=replace(sweep.env, devices=devices))
-        configs = [dict(config) for config, _ in runs]
-        run_ids = [run_id for _, run_id in runs]
+        flat = [run for task in runs for run in ([task] if isinstance(task, tuple) else task)]
+        configs = [dict(config) for config, _ in flat]  # one job per run: no ensembles here
+        run_ids = [run_id for _, run_id in flat]
         jobs = executor.map_array(_SubmititRun(job_sweep), configs, run_ids)
         print(
             f"submitted {len(jobs)} job(s) to {executor.cluster}: "

@@ -46,7 +46,7 @@ from ntdh_bench.training import (
     train_unimodal,
 )
 
-__all__ = ["RunEnv", "RunResult", "execute_run"]
+__all__ = ["RunEnv", "RunResult", "execute_run", "run_datamodule"]
 
 # In-memory datamodules of this process's recent runs, by dataset section and seed: a sweep's
 # worker runs the teacher, the no-KD student and the KD students of one cell one after another,
@@ -55,7 +55,7 @@ _DATAMODULES: OrderedDict[str, PairedDataModule] = OrderedDict()
 _DATAMODULES_KEPT = 2
 
 
-def _run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
+def run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
     """The run's datamodule, reused from a recent run of this process with the same data,
     seed and data environment (cache, strictness) when it keeps its splits in memory and its
     building reported no data problem (so every run records its own data warnings).
@@ -91,7 +91,7 @@ def execute_run(config: Mapping[str, Any], env: RunEnv, run_id: str | None = Non
     folder = run_folder_name(config, run_id)
     reset_data_warnings()  # the counts below are this run's (data/<problem> in its metrics)
     with quiet_lightning():
-        dm = _run_datamodule(config)
+        dm = run_datamodule(config)
         if config["role"] == "unimodal":
             L.seed_everything(config["seed"], workers=True, verbose=False)
             network = build_network(config, dm, config["modality"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ntdh_bench.config import dataset_config, run_config
-from ntdh_bench.runner import _run_datamodule
+from ntdh_bench.runner import run_datamodule
 
 TINY = ["dataset.n_samples=600", "dataset.n_train=400"]
 
@@ -16,12 +16,12 @@ def test_runs_with_the_same_data_and_seed_share_a_datamodule_and_no_other_runs_d
     base = dataset_config("synthetic", overrides=TINY)
     teacher = run_config(base, "teacher", 0, dataset={"gap": 0.5})
     student = run_config(base, "student", 0, dataset={"gap": 0.5})
-    dm = _run_datamodule(teacher)
+    dm = run_datamodule(teacher)
     dm.trainer = object()
-    again = _run_datamodule(student)
+    again = run_datamodule(student)
     assert again is dm and again.trainer is None
-    other_seed = _run_datamodule(run_config(base, "teacher", 1, dataset={"gap": 0.5}))
-    other_gap = _run_datamodule(run_config(base, "teacher", 0, dataset={"gap": 0.0}))
+    other_seed = run_datamodule(run_config(base, "teacher", 1, dataset={"gap": 0.5}))
+    other_gap = run_datamodule(run_config(base, "teacher", 0, dataset={"gap": 0.0}))
     assert other_seed is not dm and other_gap is not dm
     assert other_seed.seed == 1 and dm.seed == 0
     a, b = other_gap.split_tensors("train"), dm.split_tensors("train")

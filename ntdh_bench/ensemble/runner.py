@@ -1,0 +1,276 @@
+"""Execute a group of runs as one vectorised ensemble, each member recorded as if run alone.
+
+:func:`execute_ensemble` is the ensemble counterpart of :func:`ntdh_bench.runner.execute_run`:
+the same configs in, one :class:`~ntdh_bench.runner.RunResult` (or the exception that failed
+that member) out per run, with the same metrics a run alone returns (test metrics, the
+teacher's, ``history/...`` curves, ``data/...`` warnings), the same TensorBoard folder per run
+and, for teachers, the same cache entry, so that every later run (alone or in an ensemble)
+reads it. Members are built exactly as alone: ``seed_everything(seed)`` then the network, the
+datamodule of the run's own data cell, the teacher's outputs in the same chunks.
+
+The ensemble itself checkpoints at epoch ends under ``<runs>/<experiment>/ensembles/<hash>`` and
+resumes from there when the same group is run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from datamodules import PairedDataModule
+from datamodules.base import data_warning_counts, reset_data_warnings
+from ntdh_bench.builders import build_network
+from ntdh_bench.cache import CacheEntry
+from ntdh_bench.checkpointing import remove_checkpoint, resumable_checkpoint
+from ntdh_bench.config import resolve_run_config
+from ntdh_bench.distillers import build_distiller
+from ntdh_bench.ensemble.grouping import ensemble_key, ineligibility
+from ntdh_bench.ensemble.module import EnsembleModule, StackedSplit
+from ntdh_bench.naming import run_folder_name
+from ntdh_bench.results import config_hash
+from ntdh_bench.runner import RunResult, run_datamodule
+from ntdh_bench.teachers import prepare_teacher, teacher_identity
+from ntdh_bench.training import RunEnv, RunLogger, flatten_config, make_trainer, quiet_lightning
+
+__all__ = ["MemberOutcome", "execute_ensemble"]
+
+MemberOutcome = RunResult | Exception
+SPLITS = ("train", "val", "test")
+
+
+class _Member:
+    """One run of the ensemble: its config, data, network and where it logs."""
+
+    def __init__(self, config: Mapping[str, Any], run_id: str) -> None:
+        self.config, self.run_id = config, run_id
+        reset_data_warnings()
+        self.dm: PairedDataModule = run_datamodule(config)
+        if not self.dm.uses_tensor_path:
+            raise ValueError(f"dataset {config['dataset']['name']!r} is not held in memory")
+        self.data_warnings = {f"data/{k}": float(v) for k, v in data_warning_counts().items()}
+        self.teacher_metrics: dict[str, float] = {}
+        self.teacher: nn.Module | None = None
+        self.network: nn.Module | None = None
+        self.logger: RunLogger | None = None
+
+    def build_network(self, modality: str) -> None:
+        L.seed_everything(self.config["seed"], workers=True, verbose=False)
+        self.network = build_network(self.config, self.dm, modality)
+
+    @torch.no_grad()
+    def teacher_logits(self, split: str) -> torch.Tensor:
+        """The teacher's logits on a split, in the chunks a run alone computes them."""
+        xa = self.dm.split_tensors(split)["xa"]
+        chunk = self.dm.batch_size
+        return torch.cat([self.teacher(xa[s : s + chunk]).logits for s in range(0, len(xa), chunk)])
+
+
+def execute_ensemble(
+    configs: Sequence[Mapping[str, Any]], env: RunEnv, run_ids: Sequence[str] | None = None
+) -> list[MemberOutcome]:
+    """Train ``configs`` (one ensemble key, see :mod:`ntdh_bench.ensemble.grouping`) together."""
+    configs = [resolve_run_config(c) for c in configs]
+    run_ids = list(run_ids) if run_ids is not None else [config_hash(c) for c in configs]
+    for config in configs:
+        reason = ineligibility(config)
+        if reason is not None:
+            raise ValueError(f"run {config_hash(config)} cannot join an ensemble: {reason}")
+    if len({ensemble_key(c) for c in configs}) != 1:
+        raise ValueError("an ensemble's runs must differ only in seed and data cell")
+    with quiet_lightning():
+        members = [_Member(c, i) for c, i in zip(configs, run_ids, strict=True)]
+        if configs[0]["role"] == "teacher":
+            return _train_teachers(members, env)
+        return _train_students(members, env)
+
+
+# --- teachers ------------------------------------------------------------------------------
+def _train_teachers(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
+    """Teachers not yet in the cache train together; every one is then read as alone."""
+    entries = [CacheEntry(env.cache_dir, "teachers", teacher_identity(m.config)) for m in members]
+    with contextlib.ExitStack() as locks:
+        if not env.devices.distributed:
+            for entry in entries:
+                locks.enter_context(entry.lock())
+        missing = [i for i, e in enumerate(entries) if e.read("model.pt") is None]
+        trained: dict[int, MemberOutcome] = {}
+        if missing:
+            group = [members[i] for i in missing]
+            for m in group:
+                m.build_network("xa")
+                entry = entries[members.index(m)]
+                version = f"teacher-s{m.config['seed']}-{entry.key}"
+                m.logger = RunLogger(
+                    save_dir=str(env.runs_dir),
+                    name="teachers",
+                    version=version,
+                    default_hp_metric=False,
+                )
+            outcomes = _fit(group, env, "xa", group[0].config["teacher"], distiller=None)
+            for i, m, outcome in zip(missing, group, outcomes, strict=True):
+                trained[i] = outcome
+                if isinstance(outcome, Exception):
+                    continue
+                metrics = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
+                _close_logger(m, entries[i].identity, metrics)
+                entries[i].write(
+                    {"model.pt": outcome.state}, {"metrics": metrics, "timing": outcome.timing}
+                )
+    results: list[MemberOutcome] = []
+    for i, (m, entry) in enumerate(zip(members, entries, strict=True)):
+        outcome = trained.get(i)
+        if isinstance(outcome, Exception):
+            results.append(outcome)
+            continue
+        cached = entry.read("model.pt")
+        if cached is None:
+            results.append(RuntimeError(f"teacher cache entry {entry.folder} is unreadable"))
+            continue
+        metrics = {f"teacher/{k}": v for k, v in cached[1]["metrics"].items()}
+        timing = {} if outcome is None else dict(outcome.timing)
+        results.append(RunResult({**metrics, **m.data_warnings}, timing))
+    return results
+
+
+# --- students ------------------------------------------------------------------------------
+def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
+    config = members[0].config
+    distiller = None
+    if config["role"] == "kd":
+        options = {k: v for k, v in config["distiller"].items() if k != "name"}
+        distiller = build_distiller(config["distiller"]["name"], task="classification", **options)
+    for m in members:
+        teacher = prepare_teacher(m.config, m.dm, env)
+        if teacher.callbacks:
+            raise ValueError("a teacher with mask callbacks cannot serve an ensemble")
+        m.teacher, m.teacher_metrics = teacher.network.eval(), teacher.metrics
+    for m in members:
+        m.build_network("xb")
+        m.logger = RunLogger(
+            save_dir=str(env.runs_dir),
+            name=env.experiment,
+            version=run_folder_name(m.config, m.run_id),
+            default_hp_metric=False,
+        )
+    outcomes = _fit(members, env, "xb", config["student"], distiller)
+    results: list[MemberOutcome] = []
+    for m, outcome in zip(members, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            results.append(outcome)
+            continue
+        test = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
+        metrics = {**test, **{f"teacher/{k}": v for k, v in m.teacher_metrics.items()}}
+        _close_logger(m, m.config, metrics)
+        history = {k: v for k, v in outcome.metrics.items() if k.startswith("history/")}
+        results.append(RunResult({**metrics, **history, **m.data_warnings}, outcome.timing))
+    return results
+
+
+# --- the shared fit ------------------------------------------------------------------------
+class _Trained(RunResult):
+    """A member's metrics and timing, with its final weights."""
+
+    def __init__(self, metrics: dict[str, float], timing: dict[str, float], state: dict) -> None:
+        super().__init__(metrics, timing)
+        self.state = state
+
+
+def _stack(members: list[_Member], split: str, modality: str, teacher: bool) -> StackedSplit:
+    tensors = [m.dm.split_tensors(split) for m in members]
+    return StackedSplit(
+        x=torch.stack([t[modality] for t in tensors]),
+        y=torch.stack([t["y"] for t in tensors]),
+        teacher_logits=torch.stack([m.teacher_logits(split) for m in members]) if teacher else None,
+    )
+
+
+def _fit(
+    members: list[_Member],
+    env: RunEnv,
+    modality: str,
+    train: Mapping[str, Any],
+    distiller: Any,
+) -> list[MemberOutcome]:
+    """Train the members' networks together; per member its metrics, timing and weights."""
+    with_teacher = members[0].teacher is not None
+    splits = {s: _stack(members, s, modality, with_teacher) for s in SPLITS}
+    loggers = [m.logger for m in members]
+
+    def sink(k: int, metrics: dict[str, float], step: int) -> None:
+        if loggers[k] is not None:
+            loggers[k].log_metrics(metrics, step)
+
+    dm = members[0].dm
+    module = EnsembleModule(
+        [m.network for m in members],
+        splits,
+        seeds=[m.dm.seed for m in members],
+        batch_size=dm.batch_size,
+        eval_batch_size=dm.eval_batch_size,
+        distiller=distiller,
+        lam=train.get("lam", 0.0) if distiller is not None else 0.0,
+        ce_weight=train.get("ce_weight") if distiller is not None else None,
+        lr=train["lr"],
+        weight_decay=train["weight_decay"],
+        optimizer=train["optimizer"],
+        momentum=train["momentum"],
+        val_every=train["val_every"],
+        monitor_T=train.get("monitor_T", 1.0),
+        sink=sink,
+    )
+    ids = config_hash({"members": [m.run_id for m in members], "modality": modality})
+    checkpoints = Path(env.runs_dir) / env.experiment / "ensembles" / ids / "checkpoints"
+    trainer = make_trainer(
+        train["epochs"],
+        env.devices,
+        None,
+        checkpoint_dir=checkpoints,
+        checkpoint_interval_s=env.checkpoint_interval_s,
+        limit_val_batches=0,
+    )
+    resume = resumable_checkpoint(checkpoints)
+    start = time.perf_counter()
+    trainer.fit(module, ckpt_path=resume)
+    fit_s = time.perf_counter() - start
+    if trainer.is_global_zero:
+        remove_checkpoint(checkpoints)
+    start = time.perf_counter()
+    tests = module.evaluate("test")
+    test_s = time.perf_counter() - start
+    share = {
+        "fit_s": fit_s / len(members),
+        "test_s": test_s / len(members),
+        "ensemble_members": float(len(members)),
+        "ensemble_fit_s": fit_s,
+        **({"resumed": 1.0} if resume is not None else {}),
+    }
+    outcomes: list[MemberOutcome] = []
+    for k, m in enumerate(members):
+        if module.errors[k] is not None:
+            outcomes.append(FloatingPointError(module.errors[k]))
+            if m.logger is not None:
+                m.logger.close()
+            continue
+        if m.logger is not None:
+            m.logger.log_metrics(tests[k], module.global_step)
+        history = {
+            f"history/{name}/{epoch:04d}": value
+            for name, epochs in module.history[k].items()
+            for epoch, value in sorted(epochs.items())
+        }
+        outcomes.append(_Trained({**tests[k], **history}, dict(share), module.member_state(k)))
+    return outcomes
+
+
+def _close_logger(m: _Member, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    """The run's hparams row with its final metrics, as a run alone writes it; closes it."""
+    if m.logger is not None:
+        m.logger.log_hyperparams(flatten_config(hparams), metrics=dict(metrics))
+        m.logger.close()
