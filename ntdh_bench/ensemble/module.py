@@ -54,6 +54,16 @@ class StackedSplit:
         )
 
 
+def _rows(stacked: Tensor, index: Tensor) -> Tensor:
+    """``stacked[k, index[k]]`` for every member k, as one ``index_select`` on the flattened
+    member and sample dims (2-3x faster than advanced indexing with two index tensors)."""
+    members, n = stacked.shape[:2]
+    offsets = torch.arange(members, device=index.device)[:, None] * n
+    flat = stacked.reshape(members * n, *stacked.shape[2:])
+    rows = flat.index_select(0, (index + offsets).reshape(-1))
+    return rows.view(*index.shape, *stacked.shape[2:])
+
+
 class MemberBatches:
     """Per-member index batches ``(K, B)``: member k's order is ``randperm(N, seed_k + epoch)``,
     the order :class:`datamodules.base.TensorBatchLoader` gives the same run alone."""
@@ -184,14 +194,13 @@ class EnsembleModule(L.LightningModule):
 
     def training_step(self, index: Tensor, batch_idx: int) -> Tensor:
         train = self.splits["train"]
-        rows = torch.arange(self.members, device=index.device)[:, None]
-        x, y = train.x[rows, index], train.y[rows, index]
+        x, y = _rows(train.x, index), _rows(train.y, index)
         if train.teacher_logits is None:
             losses = vmap(lambda p, xb, yb: self._losses(p, xb, yb, None))(
                 self.member_params(), x, y
             )
         else:
-            t = train.teacher_logits[rows, index]
+            t = _rows(train.teacher_logits, index)
             losses = vmap(self._losses)(self.member_params(), x, y, t)
         n = index.shape[1]
         for name, value in losses.items():  # epoch means: sum_b n_b value_b / sum_b n_b

@@ -1,0 +1,177 @@
+"""Sweeps of tiny runs: vectorised ensembles against runs one by one, and against a plain loop
+shaped like the authors' released ``sklearn/main.py``.
+
+1. **Fig. 3 grid** (``experiments/gap_sweep.py``: 6 gaps x 5 seeds x teacher, no-KD and KD
+   student, the quick schedule): the suite with ensembles (the default) against
+   ``--no-ensemble``, each a fresh command in a fresh results / runs / cache folder, so process
+   start, imports, data generation, teacher training and writing results are all counted.
+   Both record the same run ids; the largest difference of any test metric between them is
+   printed (float rounding: they did the same work).
+2. **Released-protocol gap sweep** (``--protocol released``, 5 gaps x 2 seeds: full-batch
+   SGD, 1000 epochs, ``CE + KL`` at T = 1): the suite with ensembles against a plain PyTorch
+   loop with the released script's shape: per cell the teacher, the no-KD student and the KD
+   student trained one after another, evaluated once at the end, in a fresh process.
+
+Target (issue 14): the Fig. 3 grid at least 10x faster with ensembles than one by one, and the
+released gap sweep at least 2x faster than the released script's loop. Wall time is the
+target's measure; CPU time (the commands' children, ``getrusage``) is printed too because the
+machine is shared. Every command runs with one thread per process (``OMP_NUM_THREADS=1``).
+Median of ``--repeats``, alternating.
+
+    python benchmarks/ensemble_sweep.py [--quick] [--repeats 3] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASED_GAPS = ("0", "0.25", "0.5", "0.75", "1")
+
+
+def run_command(argv: list[str]) -> tuple[float, float]:
+    """``(wall_s, cpu_s)`` of a child command (its CPU: user + system of the children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per process, both sides
+    subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def sweep(root: Path, extra: list[str]) -> tuple[float, float]:
+    dirs = ["--results-dir", str(root / "r"), "--runs-dir", str(root / "t"), "--cache-dir"]
+    argv = [sys.executable, "experiments/gap_sweep.py", *dirs, str(root / "c"), *extra]
+    return run_command(argv)
+
+
+def test_metrics(root: Path, results: str) -> dict[str, dict[str, float]]:
+    lines = (root / "r" / results / "runs.jsonl").read_text().splitlines()
+    return {
+        r["run_id"]: {k: v for k, v in r["metrics"].items() if "test/" in k}
+        for r in map(json.loads, lines)
+        if r["status"] == "done"
+    }
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    if set(a) != set(b):
+        raise RuntimeError(f"the two sweeps recorded different runs: {len(a)} and {len(b)}")
+    return max(abs(a[i][k] - b[i][k]) for i in a for k in a[i])
+
+
+def median_pair(times: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+
+
+def fig3(args: argparse.Namespace, tmp: Path) -> None:
+    grid = ["--seeds", "2", "--gaps", "0", "1"] if args.quick else ["--seeds", "5"]
+    common = [*grid, "--workers", str(args.workers)]
+    times: dict[str, list[tuple[float, float]]] = {"ensemble": [], "alone": []}
+    for r in range(args.repeats):
+        times["ensemble"].append(sweep(tmp / f"fig3-e{r}", common))
+        times["alone"].append(sweep(tmp / f"fig3-a{r}", [*common, "--no-ensemble"]))
+    diff = largest_difference(
+        test_metrics(tmp / "fig3-e0", "fig3"), test_metrics(tmp / "fig3-a0", "fig3")
+    )
+    (ew, ec), (aw, ac) = median_pair(times["ensemble"]), median_pair(times["alone"])
+    runs = len(test_metrics(tmp / "fig3-e0", "fig3"))
+    print(f"Fig. 3 grid ({' '.join(grid)}, {runs} runs, --workers {args.workers})")
+    print(f"  one by one   wall {aw:7.1f} s  cpu {ac:7.1f} s")
+    print(f"  ensembles    wall {ew:7.1f} s  cpu {ec:7.1f} s")
+    print(f"  speed-up     wall {aw / ew:6.1f}x   cpu {ac / ec:6.1f}x   (target >= 10x wall)")
+    print(f"  largest test-metric difference between the two: {diff:.2e}")
+
+
+def released(args: argparse.Namespace, tmp: Path) -> None:
+    epochs = "200" if args.quick else "1000"
+    grid = ["--protocol", "released", "--seeds", "2", "--gaps", *RELEASED_GAPS]
+    schedule = ["--set", f"teacher.epochs={epochs}", "--set", f"student.epochs={epochs}"]
+    plain = [sys.executable, __file__, "--released-loop", "--epochs", epochs]
+    times: dict[str, list[tuple[float, float]]] = {"suite": [], "plain": []}
+    for r in range(args.repeats):
+        times["suite"].append(
+            sweep(tmp / f"rel-{r}", [*grid, *schedule, "--workers", str(args.workers)])
+        )
+        times["plain"].append(run_command(plain))
+    (sw, sc), (pw, pc) = median_pair(times["suite"]), median_pair(times["plain"])
+    print(f"Released-protocol gap sweep (5 gaps x 2 seeds x 3 networks, {epochs} epochs)")
+    print(f"  released-script loop  wall {pw:7.1f} s  cpu {pc:7.1f} s")
+    print(f"  suite, ensembles      wall {sw:7.1f} s  cpu {sc:7.1f} s")
+    print(f"  speed-up              wall {pw / sw:6.1f}x   cpu {pc / sc:6.1f}x   (target >= 2x)")
+
+
+def released_loop(epochs: int) -> None:
+    """The released script's work, one network after another: per (gap, seed) the teacher on
+    ``xa``, the no-KD student and the KD student (``CE + KL``, T = 1) on ``xb``, full-batch
+    SGD (lr 0.01) for ``epochs`` epochs, test accuracy once at the end."""
+    import torch
+    import torch.nn.functional as F
+
+    from datamodules import SyntheticDataModule
+    from models import MLP
+
+    torch.set_num_threads(1)
+
+    def train(x, y, teacher_logits=None):
+        net = MLP(x.shape[1], 4)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        for _ in range(epochs):
+            logits = net(x).logits
+            loss = F.cross_entropy(logits, y)
+            if teacher_logits is not None:
+                log_s = F.log_softmax(logits, dim=1)
+                loss = loss + F.kl_div(log_s, F.softmax(teacher_logits, 1), reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net.eval()
+
+    for seed in range(2):
+        for gap in RELEASED_GAPS:
+            torch.manual_seed(seed)
+            dm = SyntheticDataModule(gap=float(gap), data_seed=seed, seed=seed)
+            tr, te = dm.split_tensors("train"), dm.split_tensors("test")
+            teacher = train(tr["xa"], tr["y"])
+            with torch.no_grad():
+                soft = teacher(tr["xa"]).logits
+            student = train(tr["xb"], tr["y"])
+            kd = train(tr["xb"], tr["y"], soft)
+            with torch.no_grad():
+                for net, x in ((teacher, te["xa"]), (student, te["xb"]), (kd, te["xb"])):
+                    (net(x).logits.argmax(1) == te["y"]).float().mean()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller grids (make bench)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="passed to the sweeps")
+    parser.add_argument("--parts", nargs="+", default=["fig3", "released"])
+    parser.add_argument("--released-loop", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=1000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.released_loop:
+        released_loop(args.epochs)
+        return
+    print(f"median of {args.repeats}, python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory(prefix="ntdh-ensemble-") as tmp:
+        if "fig3" in args.parts:
+            fig3(args, Path(tmp))
+        if "released" in args.parts:
+            released(args, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
