@@ -1,14 +1,17 @@
-"""RAVDESS features: log-mel spectrograms (librosa), sampled video frames (PyAV), their cache.
+"""RAVDESS features: log-mel spectrograms (numpy), sampled video frames (PyAV), their cache.
 
 **Audio** (:class:`LogMelSpec`). The waveform is read from the ``.wav`` (soundfile) or from
-the soundtrack of an ``.mp4`` (PyAV), mixed to mono and resampled to ``sample_rate`` with
-``librosa.resample``; the ``duration`` seconds from ``offset`` are kept (RAVDESS clips open with
-about half a second of silence), zero-padded at the end when the clip is shorter. Then
-``librosa.feature.melspectrogram`` (power 2, ``n_fft``, ``win_length``, ``hop_length``,
-``n_mels`` between ``fmin`` and ``fmax``; centred frames) and ``librosa.power_to_db`` with
-librosa's defaults (``ref=1``, ``amin=1e-10``, ``top_db=80``): a float32 ``(1, n_mels, T)`` map
-with ``T = 1 + round(duration * sample_rate) // hop_length``. The defaults (16 kHz, 25 ms
-windows every 10 ms, 64 mel bands, 3 s from 0.5 s) give ``(1, 64, 301)``.
+the soundtrack of an ``.mp4`` (PyAV), mixed to mono and resampled to ``sample_rate`` (soxr, as
+``librosa.resample`` does); the ``duration`` seconds from ``offset`` are kept (RAVDESS clips
+open with about half a second of silence), zero-padded at the end when the clip is shorter.
+Then the power mel spectrogram (power 2, ``n_fft``, ``win_length``, ``hop_length``, ``n_mels``
+between ``fmin`` and ``fmax``; hann window, centred frames, Slaney mel filters) in dB with
+librosa's ``power_to_db`` defaults (``ref=1``, ``amin=1e-10``, ``top_db=80``): a float32
+``(1, n_mels, T)`` map with ``T = 1 + round(duration * sample_rate) // hop_length``. The
+defaults (16 kHz, 25 ms windows every 10 ms, 64 mel bands, 3 s from 0.5 s) give ``(1, 64, 301)``.
+:mod:`datamodules.logmel` computes it bit-identically to ``librosa.feature.melspectrogram`` and
+``librosa.power_to_db`` without importing librosa, whose numba kernels took 15 s of CPU to
+compile before the first clip on a fresh install (and wherever numba cannot keep its cache).
 
 **Video** (:class:`FrameSpec`). ``n_frames`` frames are sampled evenly over the clip (frame
 ``floor((j + 1/2) * N / n_frames)`` of its ``N``, the centres of ``n_frames`` equal segments),
@@ -52,6 +55,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datamodules.base import report_data_problem
+from datamodules.logmel import log_mel, resample
 from ntdh_core.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -139,26 +143,23 @@ class LogMelSpec:
     def _from_waveform(self, samples: np.ndarray, rate: int) -> tuple[np.ndarray, bool]:
         """The features, and whether the clip was shorter than ``offset + duration`` (its end
         zero-padded: a short read, reported as a data warning)."""
-        import librosa
-
         if rate != self.sample_rate:
-            samples = librosa.resample(samples, orig_sr=rate, target_sr=self.sample_rate)
+            samples = resample(samples, rate, self.sample_rate)
         start = round(self.offset * self.sample_rate)
         segment = np.zeros(self.n_samples, dtype=np.float32)
         kept = samples[start : start + self.n_samples]
         segment[: len(kept)] = kept
-        mel = librosa.feature.melspectrogram(
-            y=segment,
-            sr=self.sample_rate,
-            n_fft=self.n_fft,
-            hop_length=self.hop_length,
-            win_length=self.win_length,
-            n_mels=self.n_mels,
-            fmin=self.fmin,
-            fmax=self.fmax,
-            power=2.0,
+        features = log_mel(
+            segment,
+            self.sample_rate,
+            self.n_fft,
+            self.hop_length,
+            self.win_length,
+            self.n_mels,
+            self.fmin,
+            self.fmax,
         )
-        return librosa.power_to_db(mel).astype(np.float32)[None], len(kept) < self.n_samples
+        return features.astype(np.float32)[None], len(kept) < self.n_samples
 
     def __call__(self, path: str | Path) -> np.ndarray:
         return self.extract(path)[0]

@@ -108,6 +108,31 @@ def grey_frames(level: int, n: int = 8, size: tuple[int, int] = (32, 32)) -> lis
     return [np.full((*size, 3), level, dtype=np.uint8) for _ in range(n)]
 
 
+def librosa_log_mel(spec, samples: np.ndarray, rate: int) -> np.ndarray:
+    """``spec``'s features as the suite computed them with librosa before
+    :mod:`datamodules.logmel`: the reference that module is checked against, bit for bit."""
+    import librosa
+
+    if rate != spec.sample_rate:
+        samples = librosa.resample(samples, orig_sr=rate, target_sr=spec.sample_rate)
+    start = round(spec.offset * spec.sample_rate)
+    segment = np.zeros(spec.n_samples, dtype=np.float32)
+    kept = samples[start : start + spec.n_samples]
+    segment[: len(kept)] = kept
+    mel = librosa.feature.melspectrogram(
+        y=segment,
+        sr=spec.sample_rate,
+        n_fft=spec.n_fft,
+        hop_length=spec.hop_length,
+        win_length=spec.win_length,
+        n_mels=spec.n_mels,
+        fmin=spec.fmin,
+        fmax=spec.fmax,
+        power=2.0,
+    )
+    return librosa.power_to_db(mel).astype(np.float32)[None]
+
+
 @dataclass(frozen=True)
 class FixtureClip:
     key: str
