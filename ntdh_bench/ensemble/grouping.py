@@ -1,10 +1,12 @@
 """Which runs of a sweep can train together as one vectorised ensemble, and in what groups.
 
 Runs may share an ensemble when they differ only in what varies *between* members of one
-``torch.func`` model: the seed (initialisation and batch order) and the data cell (the synthetic
-gap and its data seed). Everything else (role, architecture, schedule, optimizer, loss weights,
-distiller and its temperature) must be equal, because it is one model, one optimizer and one
-loss function for all members. Runs that cannot join an ensemble run one by one as before.
+``torch.func`` model: the seed (initialisation and batch order), the data cell (the synthetic
+gap and its data seed) and, for students, the teacher's feature mask (it changes only the
+teacher's outputs, which each member keeps). Everything else (role, architecture, schedule,
+optimizer, loss weights, distiller and its temperature) must be equal, because it is one model,
+one optimizer and one loss function for all members. Runs that cannot join an ensemble run
+one by one as before.
 
 Eligible, on purpose narrow (what makes members exactly equivalent to runs alone):
 
@@ -12,7 +14,8 @@ Eligible, on purpose narrow (what makes members exactly equivalent to runs alone
 * networks without buffers (the MLPs: no batch-norm statistics to stack);
 * roles ``teacher``, ``student`` and ``kd``; a KD distiller without parameters whose loss is a
   pure function of the logits (:data:`ENSEMBLE_DISTILLERS`);
-* no feature mask, no sample mask (their per-run callbacks act on one network).
+* no sample mask (its per-batch weights act on one run's batch); a feature mask only on a
+  student's teacher (a teacher role with a mask is retrained on masked input: alone).
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def ineligibility(config: Mapping[str, Any]) -> str | None:
         return f"dataset {config['dataset']['name']!r} is not in {ENSEMBLE_DATASETS}"
     if config["model"]["name"] not in ENSEMBLE_MODELS:
         return f"model {config['model']['name']!r} is not in {ENSEMBLE_MODELS}"
-    if config.get("feature_mask") or config.get("sample_mask"):
-        return "masked runs train alone"
+    if config.get("sample_mask"):
+        return "sample-masked runs train alone"
+    if config.get("feature_mask") and config["role"] == "teacher":
+        return "a teacher retrained on masked input trains alone"
     if config["role"] == "kd" and config["distiller"]["name"] not in ENSEMBLE_DISTILLERS:
         return f"distiller {config['distiller']['name']!r} is not in {ENSEMBLE_DISTILLERS}"
     return None
@@ -51,7 +56,7 @@ def ensemble_key(config: Mapping[str, Any]) -> str | None:
     """Equal keys: the runs can train as members of one ensemble; None: it trains alone."""
     if ineligibility(config) is not None:
         return None
-    shared = {k: v for k, v in config.items() if k != "seed"}
+    shared = {k: v for k, v in config.items() if k not in ("seed", "feature_mask")}
     shared["dataset"] = {k: v for k, v in config["dataset"].items() if k not in MEMBER_DATASET_KEYS}
     return config_hash(shared)
 

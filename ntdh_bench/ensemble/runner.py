@@ -28,11 +28,13 @@ from datamodules import PairedDataModule
 from datamodules.base import data_warning_counts, reset_data_warnings
 from ntdh_bench.builders import build_network
 from ntdh_bench.cache import CacheEntry
+from ntdh_bench.callbacks import FeatureMask
 from ntdh_bench.checkpointing import remove_checkpoint, resumable_checkpoint
 from ntdh_bench.config import resolve_run_config
 from ntdh_bench.distillers import build_distiller
 from ntdh_bench.ensemble.grouping import ensemble_key, ineligibility
 from ntdh_bench.ensemble.module import EnsembleModule, StackedSplit
+from ntdh_bench.masking.feature_mask import MaskedNetwork
 from ntdh_bench.naming import run_folder_name
 from ntdh_bench.results import config_hash
 from ntdh_bench.runner import RunResult, run_datamodule
@@ -148,9 +150,7 @@ def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
         distiller = build_distiller(config["distiller"]["name"], task="classification", **options)
     for m in members:
         teacher = prepare_teacher(m.config, m.dm, env)
-        if teacher.callbacks:
-            raise ValueError("a teacher with mask callbacks cannot serve an ensemble")
-        m.teacher, m.teacher_metrics = teacher.network.eval(), teacher.metrics
+        m.teacher, m.teacher_metrics = _masked(teacher.network, teacher.callbacks), teacher.metrics
     for m in members:
         m.build_network("xb")
         m.logger = RunLogger(
@@ -171,6 +171,16 @@ def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
         history = {k: v for k, v in outcome.metrics.items() if k.startswith("history/")}
         results.append(RunResult({**metrics, **history, **m.data_warnings}, outcome.timing))
     return results
+
+
+def _masked(network: nn.Module, callbacks: Sequence[L.Callback]) -> nn.Module:
+    """The teacher as a run alone distils from it: wrapped by its feature mask, as
+    :class:`~ntdh_bench.callbacks.FeatureMask` wraps it in ``setup``."""
+    for callback in callbacks:
+        if not isinstance(callback, FeatureMask):
+            raise ValueError(f"a teacher with a {type(callback).__name__} cannot serve an ensemble")
+        network = MaskedNetwork(network, callback.keep, callback.layer).requires_grad_(False)
+    return network.eval()
 
 
 # --- the shared fit ------------------------------------------------------------------------
