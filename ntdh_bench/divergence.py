@@ -59,9 +59,15 @@ def _scaled(logits: Tensor, T: float) -> Tensor:
 
 
 def _scaled_log_softmax(logits: Tensor, T: float) -> tuple[Tensor, Tensor]:
-    """Return ``(z / T, log_softmax(z / T))`` in at least float32."""
+    """Return ``(z / T, log_softmax(z / T))`` in at least float32.
+
+    ``z - logsumexp(z)`` rather than ``torch.log_softmax``: the same stable value (to the last
+    bit or so), about 3x faster forward and backward on CPU for the few classes of these
+    tasks (torch's kernel is slow for a short last dimension); KD and the divergences call it
+    every step.
+    """
     z = _scaled(logits, T)
-    return z, torch.log_softmax(z, dim=1)
+    return z, z - torch.logsumexp(z, dim=1, keepdim=True)
 
 
 def _kl_from_logs(log_p: Tensor, log_q: Tensor) -> Tensor:
