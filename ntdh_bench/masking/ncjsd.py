@@ -22,7 +22,7 @@ Per element, with ``p`` and ``q`` the two non-target distributions and ``m = (p 
 probability. The one ``log`` of a sum, ``log(p_j + q_j)``, is of a number in ``(0, 2]``;
 it could be 0 only where both ``p_j`` and ``q_j`` underflow (logit gaps beyond about 87), and
 only then (when some ``q_j`` is 0) is ``p + q`` floored at the smallest normal float: such
-an entry adds at most ``1e-37`` to the sum, where without the floor it would be ``0 * inf``.
+an entry adds under ``1e-36`` to the sum, where without the floor it would be ``0 * inf``.
 Agreement with :func:`ntdh_bench.divergence.decoupled_jsd` is tested (to 1e-6 absolute on
 ordinary logits, finite and close for logits of magnitude 1e3).
 """
