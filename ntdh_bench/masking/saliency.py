@@ -231,8 +231,8 @@ def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
 def _mlp_tail(model: nn.Module, first: nn.Module, x: Tensor) -> _MLPTail | None:
     """The tail of ``model`` when it is a plain MLP whose first layer is ``first`` (checked
     against a direct forward); None otherwise (the copies then run through ``model``)."""
-    if type(model).forward is not MLP.forward or first is not model.hidden[0]:
-        return None
+    if type(model).forward is not MLP.forward or not model.hidden or first is not model.hidden[0]:
+        return None  # (an MLP without hidden layers is one linear layer: nothing to run)
     tail = _MLPTail(model)
     probe = x[:2].flatten(1)
     if not _same_logits(tail(first(probe).unsqueeze(0))[:, 0].t(), model(x[:2]).logits):

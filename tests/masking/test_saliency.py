@@ -108,6 +108,16 @@ def test_vectorised_saliency_agrees_with_the_plain_loop(reading, groups, fast):
     assert vectorised.base == pytest.approx(loop.base, abs=1e-7)
 
 
+@pytest.mark.parametrize("hidden", [[], [7]])
+def test_shallow_mlps_agree_with_the_plain_loop(hidden):
+    torch.manual_seed(0)
+    model = MLP(10, 4, hidden).eval()
+    xa, y, reference = torch.randn(40, 10), torch.randint(0, 4, (40,)), torch.randn(40, 4)
+    vectorised = compute_saliency(model, xa, reference, y, repeats=2)
+    loop = saliency_loop(model, xa, reference, y, repeats=2)
+    torch.testing.assert_close(vectorised.perturbed, loop.perturbed, atol=1e-6, rtol=1e-5)
+
+
 def test_hidden_channel_saliency_scores_each_channel():
     torch.manual_seed(0)
     model = build_model("mlp", (10,), 4, hidden=[6, 5]).eval()
