@@ -4,6 +4,7 @@
   ``random``);
 * :mod:`.joint`: Algorithm 1's Eq. 26 joint training of ``f_a`` and ``f_b``;
 * :mod:`.saliency`: Algorithm 1's scores, ``permuted`` (the paper's) and ``ablation``;
+* :mod:`.ncjsd`: the NCJSD of many perturbed teacher outputs against one student output;
 * :mod:`.feature_mask`: the ``keep`` masks and the network that applies them;
 * :mod:`.sample_mask`: Algorithm 2's per-batch distillation weights;
 * :mod:`.specs`: the config sections, their defaults and checks.

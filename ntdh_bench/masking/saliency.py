@@ -10,13 +10,18 @@ Two readings, both on the Eq. 26-trained ``f_a`` against the trained ``f_b``'s o
 
 Items are single input features, groups of them (:func:`patch_groups`), or the channels of a
 hidden layer (``layer=``). One engine serves both readings: each perturbation is a
-replacement of the site's values (permuted rows, or zeros), and many perturbed copies go
-through the network in one batched forward, in chunks bounded by ``max_chunk_bytes``. When the
-network's first operation is an ``nn.Linear`` on the flattened input (every MLP), a copy differs
-from the original by a rank-``g`` update of that layer's output,
-``W x~ + b = (W x + b) + W[:, G] (x~[G] - x[G])``, so copies enter after the first layer
-(checked against a direct forward once per call). :func:`saliency_loop` is the plain
-one-item-at-a-time loop the engine must agree with.
+replacement of the site's values (permuted rows, or zeros), and the perturbed copies, all
+(item, repeat) pairs together, go through the network in batched forwards, in chunks bounded
+by ``max_chunk_bytes``. When the network's first operation is an ``nn.Linear`` on the flattened
+input (every MLP), a copy differs from the original by a rank-``g`` update of that layer's
+output, ``W x~ + b = (W x + b) + W[:, G] (x~[G] - x[G])``, so copies enter after the first layer
+(checked against a direct forward once per call); for an :class:`~models.mlp.MLP` the rest runs
+as plain matrix products that leave the logits classes first, the layout the NCJSD
+(:mod:`.ncjsd`) reads fastest. An item whose perturbation leaves every sample as it was (a
+constant column permuted, a zero column zeroed) is not run: it scores the base NCJSD exactly,
+as in the loop, so such items tie exactly (and the masks' stable sort keeps them in item order).
+:func:`saliency_loop` is the plain one-item-at-a-time loop the engine must agree with (to 1e-6,
+tested).
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.mlp import MLP
 from ntdh_bench.divergence import decoupled_jsd, dense_keep_mask
+from ntdh_bench.masking.ncjsd import NontargetReference
 
 log = logging.getLogger(__name__)
 
 SCORE_READINGS = ("permuted", "ablation")
-_LN2 = math.log(2.0)
 
 
 @dataclass
@@ -87,43 +93,6 @@ class Saliency:
             groups=data.get("groups"),
             layer=data.get("layer"),
         )
-
-
-class NontargetReference:
-    """The student side of the NCJSD, computed once, for scoring many teacher outputs.
-
-    ``ncjsd(logits)`` equals ``decoupled_jsd(logits, reference, target, T)[1]`` (tested) on
-    ``(K, N, C)`` stacks. In log space: the non-target distribution is a softmax over the logits
-    with the target column removed. Classes lie along dim -2, where PyTorch's CPU softmax over a
-    handful of classes is an order of magnitude faster than along the last dim.
-    """
-
-    def __init__(self, logits: Tensor, target: Tensor, T: float = 1.0) -> None:
-        if logits.dim() != 2 or logits.shape[1] < 3:
-            raise ValueError(
-                "NCJSD needs logits (N, C) with C >= 3 (with two classes the non-target "
-                f"distribution has one class and NCJSD is 0); got {tuple(logits.shape)}"
-            )
-        n, c = logits.shape
-        classes = torch.arange(c, device=logits.device).unsqueeze(1).expand(c, n)
-        others = classes != target.long().unsqueeze(0)
-        self.index = classes.t()[others.t()].view(n, c - 1).t().contiguous()  # (C - 1, N)
-        self.T = T
-        self.log_q = self._log_p_hat(logits.unsqueeze(0)).squeeze(0)
-        self.q = self.log_q.exp()
-
-    def _log_p_hat(self, logits: Tensor) -> Tensor:
-        index = self.index.expand(*logits.shape[:-2], *self.index.shape)
-        z = logits.float().transpose(-1, -2).gather(-2, index)
-        return torch.log_softmax(z if self.T == 1 else z / self.T, dim=-2)
-
-    def ncjsd(self, logits: Tensor) -> Tensor:
-        """Per-sample NCJSD ``(..., N)`` of ``(..., N, C)`` teacher logits to the reference."""
-        log_p = self._log_p_hat(logits)
-        log_m = torch.logaddexp(log_p, self.log_q) - _LN2
-        kl_p = (log_p.exp() * (log_p - log_m)).sum(-2)
-        kl_q = (self.q * (self.log_q - log_m)).sum(-2)
-        return 0.5 * (kl_p + kl_q)
 
 
 def patch_groups(shape: Sequence[int], patch: int | Sequence[int]) -> Tensor:
@@ -231,6 +200,46 @@ class _Scorer:
             stack = stack.movedim(2, -1)[:, self.keep]
         return self.ref.ncjsd(stack).mean(dim=-1)
 
+    def classes_first(self, logits: Tensor) -> Tensor:
+        """Mean NCJSD per copy of ``(C, K, n)`` logits (classification outputs only)."""
+        return self.ref.ncjsd_classes_first(logits).mean(dim=-1)
+
+
+class _MLPTail:
+    """An :class:`~models.mlp.MLP` after its first layer, fed that layer's outputs ``(..., h)``
+    (overwritten) and returning the logits classes first, ``(C, ...)``: the copies' forward
+    as plain matrix products, the last one transposed so that the NCJSD reads long rows."""
+
+    def __init__(self, model: MLP) -> None:
+        self.hidden = list(model.hidden)[1:]
+        self.head = model.head
+
+    def __call__(self, pre: Tensor) -> Tensor:
+        h = pre.view(-1, pre.shape[-1]).relu_()
+        for layer in self.hidden:
+            h = _affine(layer, h).relu_()
+        w, b = self.head.weight, self.head.bias
+        z = torch.mm(w, h.t()) if b is None else torch.addmm(b.unsqueeze(1), w, h.t())
+        return z.view(-1, *pre.shape[:-1])
+
+
+def _affine(layer: nn.Linear, h: Tensor) -> Tensor:
+    w = layer.weight.t()
+    return torch.mm(h, w) if layer.bias is None else torch.addmm(layer.bias, h, w)
+
+
+def _mlp_tail(model: nn.Module, first: nn.Module, x: Tensor) -> _MLPTail | None:
+    """The tail of ``model`` when it is a plain MLP whose first layer is ``first`` (checked
+    against a direct forward); None otherwise (the copies then run through ``model``)."""
+    if type(model).forward is not MLP.forward or not model.hidden or first is not model.hidden[0]:
+        return None  # (an MLP without hidden layers is one linear layer: nothing to run)
+    tail = _MLPTail(model)
+    probe = x[:2].flatten(1)
+    if not _same_logits(tail(first(probe).unsqueeze(0))[:, 0].t(), model(x[:2]).logits):
+        log.warning("saliency: the MLP tail disagrees with a direct forward")
+        return None
+    return tail
+
 
 def permutations(n: int, repeats: int, seed: int) -> Tensor:
     """``(repeats, n)``: the sample permutations of Algorithm 1, one per repeat."""
@@ -254,7 +263,7 @@ def compute_saliency(
     valid: Tensor | None = None,
     T: float = 1.0,
     seed: int = 0,
-    max_chunk_bytes: int = 2**22,
+    max_chunk_bytes: int = 2**23,
     fast: bool = True,
 ) -> Saliency:
     """Algorithm 1's scores of ``model``'s input features (or ``layer``'s channels).
@@ -301,6 +310,7 @@ def compute_saliency(
             site = None
     feats = base_site.shape[1]
     shortcut = layer is None and site is not None
+    tail = _mlp_tail(model, site, xa) if shortcut and reference_logits.dim() == 2 else None
     if shortcut:
         weight = site.weight.t()  # (F, h)
         base_pre = site(base_site)
@@ -308,43 +318,64 @@ def compute_saliency(
     else:
         site_elems = math.prod(base_site.shape[1:])
 
-    def stack_for(replacement: Tensor, index: Tensor, valid_: Tensor) -> Tensor:
-        """``(k, n, ...)`` copies of the site's output, item ``j`` of copy ``j`` replaced."""
-        if shortcut:  # replacement holds x~ - x, features first
-            if index.shape[1] == 1:
-                return torch.addcmul(base_pre, replacement[index[:, 0]].unsqueeze(2), weight[index])
-            w = weight[index] * valid_.unsqueeze(2)  # (k, g, h)
-            return base_pre + torch.bmm(replacement[index].transpose(1, 2), w)
-        member = torch.zeros(index.shape[0], feats, dtype=torch.bool, device=device)
-        member.scatter_(1, index, valid_.bool())
-        member = member.view(index.shape[0], 1, feats, *([1] * (base_site.dim() - 2)))
-        return torch.where(member, replacement.unsqueeze(0), base_site.unsqueeze(0))
+    # changed[r]: the site's values under perturbation r; at the shortcut, x~ - x features first
+    if shortcut:
+        cols = base_site.t().contiguous()  # (F, n)
+        if perms is not None:
+            shape = (perms.shape[0], *cols.shape)  # (R, F, n)
+            moved = perms.unsqueeze(1).expand(shape)
+            changed = torch.gather(cols.expand(shape), 2, moved).sub_(cols)
+        else:
+            changed = cols.neg().unsqueeze(0)
+        still = changed.abs().amax(dim=2) == 0
+    else:
+        if perms is not None:
+            changed = torch.stack([base_site[p] for p in perms])
+        else:
+            changed = torch.zeros_like(base_site).unsqueeze(0)
+        still = (changed == base_site).transpose(1, 2).flatten(2).all(dim=2)  # (R, feats)
 
-    def logits_of(stack: Tensor) -> Tensor:
+    def stack_for(items: Tensor, reps: Tensor) -> Tensor:
+        """``(k, n, ...)`` copies of the site's output: copy ``j`` has item ``items[j]`` under
+        perturbation ``reps[j]``."""
+        index_, valid_ = index[items], valid_items[items]
+        if shortcut:
+            if index_.shape[1] == 1:
+                f = index_[:, 0]
+                delta = changed[reps, f].unsqueeze(2)  # (k, n, 1)
+                return torch.addcmul(base_pre, delta, weight[f].unsqueeze(1))
+            w = weight[index_] * valid_.to(weight.dtype).unsqueeze(2)  # (k, g, h)
+            delta = changed[reps.unsqueeze(1), index_]  # (k, g, n)
+            return base_pre + torch.bmm(delta.transpose(1, 2), w)
+        member = torch.zeros(index_.shape[0], feats, dtype=torch.bool, device=device)
+        member.scatter_(1, index_, valid_)
+        member = member.view(index_.shape[0], 1, feats, *([1] * (base_site.dim() - 2)))
+        return torch.where(member, changed[reps], base_site.unsqueeze(0))
+
+    def score(stack: Tensor) -> Tensor:
+        if tail is not None:
+            return scorer.classes_first(tail(stack))
         rows = stack.reshape(-1, *stack.shape[2:])
         if site is None:
-            return model(rows.view(-1, *xa.shape[1:])).logits
-        return _with_output(model, site, probe, rows)
+            return scorer(model(rows.view(-1, *xa.shape[1:])).logits)
+        return scorer(_with_output(model, site, probe, rows))
 
     base = float(scorer(base_logits).mean())
     index, valid_items = item_index(groups, feats)
     index, valid_items = index.to(device), valid_items.to(device)
-    n_items = index.shape[0]
-    row_bytes = 4 * (site_elems + 6 * max(out_elems, c))
+    n_items, rounds = index.shape[0], changed.shape[0]
+    # an item whose perturbation leaves every sample's values as they were scores ``base``
+    # exactly (see the module doc); the rest, (item, repeat) pairs together, go in chunks
+    item_still = (still[:, index] | ~valid_items).all(dim=2).t()  # (I, R)
+    todo = torch.nonzero(~item_still.flatten()).squeeze(1)
+    perturbed = torch.full((n_items * rounds,), base)
+    row_bytes = 4 * (2 * site_elems + 4 * max(out_elems, c))
     per_chunk = max(1, max_chunk_bytes // max(1, row_bytes * n))
-    replacements = (
-        [base_site[p] for p in perms] if perms is not None else [torch.zeros_like(base_site)]
-    )
-    perturbed = torch.empty(n_items, len(replacements))
-    for r, replacement in enumerate(replacements):
-        if shortcut:  # features first: the rows of one item are contiguous
-            replacement = (replacement - base_site).t().contiguous()
-        for start in range(0, n_items, per_chunk):
-            stop = min(start + per_chunk, n_items)
-            valid_ = valid_items[start:stop].to(base_site.dtype)
-            stack = stack_for(replacement, index[start:stop], valid_)
-            perturbed[start:stop, r] = scorer(logits_of(stack)).float().cpu()
-    return Saliency(reading, perturbed, base, groups=groups, layer=layer)
+    for start in range(0, todo.numel(), per_chunk):
+        copies = todo[start : start + per_chunk]
+        stack = stack_for(copies // rounds, copies % rounds)
+        perturbed[copies.cpu()] = score(stack).float().cpu()
+    return Saliency(reading, perturbed.view(n_items, rounds), base, groups=groups, layer=layer)
 
 
 def _same_logits(got: Tensor, expected: Tensor) -> bool:

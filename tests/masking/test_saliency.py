@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from torch import Tensor, nn
 
 from models import build_model
 from models.base import ModelOutput
+from models.mlp import MLP
 from ntdh_bench.divergence import decoupled_jsd
 from ntdh_bench.masking import (
     NontargetReference,
@@ -105,6 +108,16 @@ def test_vectorised_saliency_agrees_with_the_plain_loop(reading, groups, fast):
     assert vectorised.base == pytest.approx(loop.base, abs=1e-7)
 
 
+@pytest.mark.parametrize("hidden", [[], [7]])
+def test_shallow_mlps_agree_with_the_plain_loop(hidden):
+    torch.manual_seed(0)
+    model = MLP(10, 4, hidden).eval()
+    xa, y, reference = torch.randn(40, 10), torch.randint(0, 4, (40,)), torch.randn(40, 4)
+    vectorised = compute_saliency(model, xa, reference, y, repeats=2)
+    loop = saliency_loop(model, xa, reference, y, repeats=2)
+    torch.testing.assert_close(vectorised.perturbed, loop.perturbed, atol=1e-6, rtol=1e-5)
+
+
 def test_hidden_channel_saliency_scores_each_channel():
     torch.manual_seed(0)
     model = build_model("mlp", (10,), 4, hidden=[6, 5]).eval()
@@ -136,6 +149,93 @@ def test_nontarget_reference_equals_decoupled_jsd():
         expected = torch.stack([decoupled_jsd(z, reference, target, T)[1] for z in stack])
         got = NontargetReference(reference, target, T).ncjsd(stack)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_nontarget_reference_reads_classes_first_and_survives_huge_logits():
+    gen = torch.Generator().manual_seed(1)
+    reference, target = torch.randn(60, 6, generator=gen), torch.randint(0, 6, (60,), generator=gen)
+    stack = torch.randn(3, 60, 6, generator=gen)
+    ref = NontargetReference(reference, target)
+    torch.testing.assert_close(ref.ncjsd_classes_first(stack.movedim(-1, 0)), ref.ncjsd(stack))
+    # logits of magnitude 1e3: probabilities underflow to exactly 0 on both sides (the floored
+    # log(p + q) path); the result stays finite and matches a float64 log-space reference
+    big_ref, big = reference * 1e3, stack * 1e3
+    got = NontargetReference(big_ref, target).ncjsd(big)
+    expected = torch.stack(
+        [decoupled_jsd(z.double(), big_ref.double(), target)[1] for z in big]
+    ).float()
+    assert torch.isfinite(got).all() and NontargetReference(big_ref, target).floor
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("reading", ["permuted", "ablation"])
+def test_items_their_perturbation_leaves_unchanged_tie_with_the_base_exactly(reading):
+    """Constant columns permute to themselves and zero columns zero to themselves: such items
+    score the base NCJSD exactly, as in the loop, so they tie and rank in item order."""
+    torch.manual_seed(0)
+    model = build_model("mlp", (12,), 4, hidden=[8, 8]).eval()
+    xa, y, reference = torch.randn(80, 12), torch.randint(0, 4, (80,)), torch.randn(80, 4)
+    xa[:, [2, 7]] = 0.0
+    xa[:, [4, 9]] = 1.5  # constant: a no-op only for the permuted reading
+    vectorised = compute_saliency(model, xa, reference, y, reading=reading, repeats=3)
+    loop = saliency_loop(model, xa, reference, y, reading=reading, repeats=3)
+    same = [2, 7] + ([4, 9] if reading == "permuted" else [])
+    assert (vectorised.perturbed[same] == vectorised.base).all()
+    assert (loop.perturbed[same] == loop.base).all()
+    for kind in ("true", "false"):
+        for ratio in (0.25, 0.5, 0.75):
+            torch.testing.assert_close(
+                feature_keep_mask(kind, ratio, (12,), vectorised),
+                feature_keep_mask(kind, ratio, (12,), loop),
+            )
+
+
+def test_mlp_subclass_with_its_own_forward_goes_through_the_model(caplog):
+    """The engine's MLP tail (plain matrix products) is for :class:`MLP`'s own forward only;
+    a subclass that changes the logits runs through its forward, with no fallback warning."""
+
+    class Doubled(MLP):
+        def forward(self, x: Tensor) -> ModelOutput:
+            out = super().forward(x)
+            return ModelOutput(logits=2 * out.logits)
+
+    torch.manual_seed(0)
+    model = Doubled(10, 4, [6]).eval()
+    xa, y, reference = torch.randn(50, 10), torch.randint(0, 4, (50,)), torch.randn(50, 4)
+    with caplog.at_level(logging.WARNING, logger="ntdh_bench.masking.saliency"):
+        vectorised = compute_saliency(model, xa, reference, y, repeats=2)
+    assert not caplog.records
+    loop = saliency_loop(model, xa, reference, y, repeats=2)
+    torch.testing.assert_close(vectorised.perturbed, loop.perturbed, atol=1e-6, rtol=1e-5)
+
+
+class _DenseNet(nn.Module):
+    """A per-pixel classifier (1x1 convolutions): dense logits ``(B, C, H, W)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 5, kernel_size=1)
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.conv(x).tanh() * 3)
+
+
+def test_dense_saliency_equals_a_by_hand_ablation_over_the_valid_pixels():
+    torch.manual_seed(0)
+    model = _DenseNet().eval()
+    xa = torch.randn(6, 2, 3, 4)
+    reference, target = torch.randn(6, 5, 3, 4), torch.randint(0, 5, (6, 3, 4))
+    valid = torch.rand(6, 3, 4) > 0.3
+    saliency = compute_saliency(model, xa, reference, target, reading="ablation", valid=valid)
+    feature = 13  # channel 1, row 0, column 1
+    with torch.no_grad():
+        x = xa.flatten(1).clone()
+        x[:, feature] = 0.0
+        logits = model(x.view_as(xa)).logits
+    keep = valid
+    z, ref_z = logits.movedim(1, -1)[keep], reference.movedim(1, -1)[keep]
+    by_hand = decoupled_jsd(z, ref_z, target[keep])[1].mean()
+    assert float(saliency.perturbed[feature, 0]) == pytest.approx(float(by_hand), abs=1e-6)
 
 
 def _mean_ncjsd(f_a: nn.Module, f_b: nn.Module, data: dict[str, Tensor]) -> float:
