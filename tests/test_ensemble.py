@@ -29,8 +29,10 @@ TINY = ["teacher.epochs=2", "student.epochs=2", "dataset.n_samples=600", "datase
 CELLS = [(0.0, 0), (1.0, 0), (0.0, 1)]  # (gap, seed): members differ in data and in seed
 
 
-def _configs(role: str, overrides: list[str] = ()) -> list[dict]:
+def _configs(role: str, overrides: list[str] = (), distiller: str | None = None) -> list[dict]:
     base = apply_overrides(dataset_config("synthetic"), [*TINY, *overrides])
+    if distiller is not None:  # another method: its own options, at their defaults
+        base["distiller"] = {"name": distiller}
     return [
         resolve_run_config(run_config(base, role, s, {"gap": g, "data_seed": s})) for g, s in CELLS
     ]
@@ -60,6 +62,18 @@ def test_members_give_the_numbers_of_the_same_runs_alone(tmp_path, overrides):
             assert len(set(divergences)) == len(divergences)  # the members did differ
     # every teacher the ensemble trained is in the cache, readable as a run alone reads it
     assert len(list((tmp_path / "c2" / "teachers").glob("*/model.pt"))) == len(CELLS)
+
+
+@pytest.mark.parametrize("distiller", ["dkd", "rkd", "pkt", "sp"])
+def test_members_distil_features_and_relations_as_alone(tmp_path, distiller):
+    # RKD, PKT and SP read the teacher's embedding / last feature map: red if a member got
+    # another member's (or no) teacher features.
+    env = RunEnv(tmp_path / "r", tmp_path / "c")
+    configs = _configs("kd", distiller=distiller)
+    alone = [execute_run(c, env).metrics for c in configs]
+    together = execute_ensemble(configs, RunEnv(tmp_path / "r2", tmp_path / "c"))
+    for single, member in zip(alone, together, strict=True):
+        assert member.metrics == pytest.approx(single, abs=1e-5)
 
 
 def test_member_batches_follow_the_order_of_each_run_alone():

@@ -12,8 +12,9 @@ Eligible, on purpose narrow (what makes members exactly equivalent to runs alone
 
 * datasets held in memory as tensors, listed in :data:`ENSEMBLE_DATASETS`;
 * networks without buffers (the MLPs: no batch-norm statistics to stack);
-* roles ``teacher``, ``student`` and ``kd``; a KD distiller without parameters whose loss is a
-  pure function of the logits (:data:`ENSEMBLE_DISTILLERS`);
+* roles ``teacher``, ``student`` and ``kd``; a KD distiller without parameters or state whose
+  loss is a pure function of the two networks' outputs (:data:`ENSEMBLE_DISTILLERS`: the
+  logit losses, and RKD, PKT and SP on the embedding or last feature map);
 * no sample mask (its per-batch weights act on one run's batch); a feature mask only on a
   student's teacher (a teacher role with a mask is retrained on masked input: alone).
 """
@@ -28,7 +29,8 @@ from ntdh_bench.results import config_hash
 ENSEMBLE_DATASETS = ("synthetic", "digits")
 ENSEMBLE_MODELS = ("mlp",)
 ENSEMBLE_ROLES = ("teacher", "student", "kd")
-ENSEMBLE_DISTILLERS = ("kd", "decoupled")
+LOGIT_DISTILLERS = ("kd", "decoupled", "dkd")  # read the logits only
+ENSEMBLE_DISTILLERS = (*LOGIT_DISTILLERS, "rkd", "pkt", "sp")  # no parameters, vmappable
 MEMBER_DATASET_KEYS = ("gap", "data_seed")  # dataset options that may differ between members
 MAX_MEMBERS = 64
 

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -38,19 +39,30 @@ from ntdh_bench.module import OPTIMIZERS
 
 EpochSink = Callable[[int, dict[str, float], int], None]  # (member, metrics, step)
 
+# vmap returns and takes pytrees of tensors: let it see through a ModelOutput (logits, the
+# feature list, the embedding), so that a distiller's call is vmapped as it is written.
+if ModelOutput not in pytree.SUPPORTED_NODES:
+    pytree.register_dataclass(ModelOutput)
+
 
 @dataclass
 class StackedSplit:
-    """One split of every member: ``x (K, N, ...)``, ``y (K, N)``, teacher ``logits (K, N, C)``."""
+    """One split of every member: ``x (K, N, ...)``, ``y (K, N)``, teacher ``logits (K, N, C)``
+    and, for distillers that read them, the teacher's ``features`` (each ``(K, N, ...)``; its
+    embedding is the last one, as in every MLP)."""
 
     x: Tensor
     y: Tensor
     teacher_logits: Tensor | None = None
+    teacher_features: list[Tensor] | None = None
 
     def to(self, device: torch.device) -> StackedSplit:
-        t = self.teacher_logits
+        t, f = self.teacher_logits, self.teacher_features
         return StackedSplit(
-            self.x.to(device), self.y.to(device), None if t is None else t.to(device)
+            self.x.to(device),
+            self.y.to(device),
+            None if t is None else t.to(device),
+            None if f is None else [v.to(device) for v in f],
         )
 
 
@@ -167,13 +179,16 @@ class EnsembleModule(L.LightningModule):
         return functional_call(self._template[0], params, (x,)).logits
 
     def _losses(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor, teacher: Tensor | None
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, teacher: ModelOutput | None
     ) -> dict[str, Tensor]:
-        logits = self._logits(params, x)
+        student = functional_call(self._template[0], params, (x,))
+        logits = student.logits
         ce = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         if self.distiller is None:
             return {"ce": ce}
-        terms = self.distiller(ModelOutput(logits=logits), ModelOutput(logits=teacher), {"y": y})
+        if teacher.features and teacher.embedding is None:
+            teacher = ModelOutput(teacher.logits, teacher.features, teacher.features[-1])
+        terms = self.distiller(student, teacher, {"y": y})
         distill = torch.stack(list(terms.values())).sum()
         weight = 1.0 - self.lam if self.ce_weight is None else self.ce_weight
         return {"ce": ce, **terms, "loss": weight * ce + self.lam * distill}
@@ -200,8 +215,9 @@ class EnsembleModule(L.LightningModule):
                 self.member_params(), x, y
             )
         else:
-            t = _rows(train.teacher_logits, index)
-            losses = vmap(self._losses)(self.member_params(), x, y, t)
+            features = [_rows(f, index) for f in train.teacher_features or []]
+            teacher = ModelOutput(_rows(train.teacher_logits, index), features)
+            losses = vmap(self._losses)(self.member_params(), x, y, teacher)
         n = index.shape[1]
         for name, value in losses.items():  # epoch means: sum_b n_b value_b / sum_b n_b
             previous = self._sums.get(name)

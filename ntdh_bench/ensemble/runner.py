@@ -26,13 +26,14 @@ from torch import nn
 
 from datamodules import PairedDataModule
 from datamodules.base import data_warning_counts, reset_data_warnings
+from models.base import ModelOutput
 from ntdh_bench.builders import build_network
 from ntdh_bench.cache import CacheEntry
 from ntdh_bench.callbacks import FeatureMask
 from ntdh_bench.checkpointing import remove_checkpoint, resumable_checkpoint
 from ntdh_bench.config import resolve_run_config
 from ntdh_bench.distillers import build_distiller
-from ntdh_bench.ensemble.grouping import ensemble_key, ineligibility
+from ntdh_bench.ensemble.grouping import LOGIT_DISTILLERS, ensemble_key, ineligibility
 from ntdh_bench.ensemble.module import EnsembleModule, StackedSplit
 from ntdh_bench.masking.feature_mask import MaskedNetwork
 from ntdh_bench.naming import run_folder_name
@@ -67,11 +68,15 @@ class _Member:
         self.network = build_network(self.config, self.dm, modality)
 
     @torch.no_grad()
-    def teacher_logits(self, split: str) -> torch.Tensor:
-        """The teacher's logits on a split, in the chunks a run alone computes them."""
+    def teacher_outputs(self, split: str) -> ModelOutput:
+        """The teacher's outputs on a split, in the chunks a run alone computes them."""
         xa = self.dm.split_tensors(split)["xa"]
         chunk = self.dm.batch_size
-        return torch.cat([self.teacher(xa[s : s + chunk]).logits for s in range(0, len(xa), chunk)])
+        parts = [self.teacher(xa[s : s + chunk]) for s in range(0, len(xa), chunk)]
+        return ModelOutput(
+            logits=torch.cat([p.logits for p in parts]),
+            features=[torch.cat(f) for f in zip(*(p.features for p in parts), strict=True)],
+        )
 
 
 def execute_ensemble(
@@ -192,13 +197,22 @@ class _Trained(RunResult):
         self.state = state
 
 
-def _stack(members: list[_Member], split: str, modality: str, teacher: bool) -> StackedSplit:
+def _stack(members: list[_Member], split: str, modality: str, features: bool) -> StackedSplit:
+    """The members' split stacked; with teachers, their logits (and ``features`` when the
+    distiller reads them; only on the training split, where it is called)."""
     tensors = [m.dm.split_tensors(split) for m in members]
-    return StackedSplit(
+    stacked = StackedSplit(
         x=torch.stack([t[modality] for t in tensors]),
         y=torch.stack([t["y"] for t in tensors]),
-        teacher_logits=torch.stack([m.teacher_logits(split) for m in members]) if teacher else None,
     )
+    if members[0].teacher is not None:
+        outputs = [m.teacher_outputs(split) for m in members]
+        stacked.teacher_logits = torch.stack([o.logits for o in outputs])
+        if features and split == "train":
+            stacked.teacher_features = [
+                torch.stack(layer) for layer in zip(*(o.features for o in outputs), strict=True)
+            ]
+    return stacked
 
 
 def _fit(
@@ -209,8 +223,8 @@ def _fit(
     distiller: Any,
 ) -> list[MemberOutcome]:
     """Train the members' networks together; per member its metrics, timing and weights."""
-    with_teacher = members[0].teacher is not None
-    splits = {s: _stack(members, s, modality, with_teacher) for s in SPLITS}
+    features = distiller is not None and distiller.name not in LOGIT_DISTILLERS
+    splits = {s: _stack(members, s, modality, features) for s in SPLITS}
     loggers = [m.logger for m in members]
 
     def sink(k: int, metrics: dict[str, float], step: int) -> None:
