@@ -185,12 +185,14 @@ def nontarget_jsd(logits_t: Tensor, logits_s: Tensor, target: Tensor, T: float =
             f"target {tuple(target.shape)} and student logits {tuple(z_s.shape)} must match "
             f"the teacher's logits {tuple(z_t.shape)}"
         )
-    z = torch.stack((z_t, z_s))
+    z = torch.stack((z_t, z_s))  # a new tensor: the in-place scatter below is safe
     if T != 1.0:  # z / 1 is z exactly
         z = z / T
-    at_target = target.long().view(1, n, 1).expand(2, n, 1)
-    log_p_hat = z.scatter(2, at_target, float("-inf"))
-    log_p_hat = log_p_hat - torch.logsumexp(log_p_hat, dim=2, keepdim=True)
+    if target.dtype != torch.long:
+        target = target.long()
+    at_target = target.view(1, n, 1).expand(2, n, 1)
+    z.scatter_(2, at_target, float("-inf"))
+    log_p_hat = z - torch.logsumexp(z, dim=2, keepdim=True)
     p_hat = log_p_hat.exp()  # 0 at the target
     log_p_hat.scatter_(2, at_target, 0.0)  # a finite placeholder, as in _nontarget
     log_ht, log_hs = log_p_hat.unbind(0)

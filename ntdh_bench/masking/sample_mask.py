@@ -69,7 +69,10 @@ class SampleWeighting:
     ) -> tuple[Tensor, Tensor | float]:
         """:meth:`item_weights` and the share of items weighing 0: for the ranked and random
         kinds that is ``k / N``, known without reading the weights back."""
-        logits_t, logits_s = logits_t.detach(), logits_s.detach()
+        # Every operation counts at this size (a batch of a small network): detach only what
+        # needs it (the student), and skip conversions that would return their input.
+        logits_t = logits_t.detach() if logits_t.requires_grad else logits_t
+        logits_s = logits_s.detach() if logits_s.requires_grad else logits_s
         if self.kind == "pssm":
             weight = pssm_weights(logits_t, logits_s, target, self.threshold)
             n = weight.numel()
@@ -81,7 +84,9 @@ class SampleWeighting:
         generator = self._gen(logits_t.device) if self.kind == "random" else None
         index = masked_indices(scores, self.kind, self.ratio, n, generator)
         weight = torch.ones(n, dtype=logits_t.dtype, device=logits_t.device)
-        weight.index_fill_(0, index.to(weight.device), 0.0)
+        weight.index_fill_(
+            0, index if index.device == weight.device else index.to(weight.device), 0.0
+        )
         return weight, len(index) / n if n else 0.0
 
     def __call__(

@@ -54,8 +54,11 @@ def masked_indices(
     if kind == "random":
         order = torch.randperm(n, generator=generator, device=device)
     else:
-        order = torch.argsort(scores.detach().flatten(), descending=kind == "true", stable=True)
-        order = order.to(device)
+        flat = scores.detach() if scores.requires_grad else scores
+        flat = flat if flat.dim() == 1 else flat.flatten()
+        order = torch.argsort(flat, descending=kind == "true", stable=True)
+        if order.device != device:
+            order = order.to(device)
     return order[:k]
 
 
