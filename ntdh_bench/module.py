@@ -141,14 +141,15 @@ class _SupervisedBase(L.LightningModule):
         )
         self._epoch_sums: dict[str, list[Tensor]] = {}
 
-    def _accumulate(self, name: str, value: Tensor, batch: dict[str, Tensor]) -> None:
+    def _accumulate(self, name: str, value: Tensor | float, batch: dict[str, Tensor]) -> None:
         """Add a training batch's ``value`` to the epoch mean of ``name`` (no device sync)."""
         n = len(batch["y"])
+        value = value.detach() * n if isinstance(value, Tensor) else value * n
         total = self._epoch_sums.get(name)
         if total is None:
-            self._epoch_sums[name] = [value.detach() * n, n]
+            self._epoch_sums[name] = [value, n]
         else:
-            total[0] = total[0] + value.detach() * n
+            total[0] = total[0] + value
             total[1] += n
 
     def _is_last_batch(self, batch_idx: int) -> bool:
@@ -163,7 +164,8 @@ class _SupervisedBase(L.LightningModule):
         if not self._is_last_batch(batch_idx):
             return
         for name, (total, n) in self._epoch_sums.items():
-            self.log(name, total / n, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+            mean = torch.as_tensor(total / n, device=self.device)  # a float sum stays a float
+            self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
         self._epoch_sums = {}
 
     def on_train_epoch_start(self) -> None:
@@ -448,7 +450,7 @@ class CrossModalKD(_SupervisedBase):
         weight, fraction = weighting(student_out, teacher_out, batch)
         if "distill_weight" in batch:
             weight = weight * batch["distill_weight"]
-        self._accumulate("train/masked_fraction", torch.as_tensor(fraction), batch)
+        self._accumulate("train/masked_fraction", fraction, batch)
         return {**batch, "distill_weight": weight}
 
     # --- evaluation --------------------------------------------------------------------

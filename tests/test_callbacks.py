@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import pytest
 import torch
@@ -61,6 +63,21 @@ def test_sample_mask_callback_masks_its_share_of_every_batch(tiny_synthetic, lea
     restored = MetricHistory()
     restored.load_state_dict(history.state_dict())
     assert restored.as_metrics() == history.as_metrics()
+
+
+def test_masked_fraction_is_the_epoch_mean_over_samples(tiny_synthetic, lean_trainer):
+    # Each batch masks floor(0.3 * n_b) of n_b samples; the logged epoch mean weighs batches by
+    # size (sum k_b / sum n_b), as Lightning's on_epoch mean did, also for the float fractions.
+    teacher, student = _nets()
+    module = CrossModalKD(student, teacher, build_distiller("kd"), 4)
+    history = MetricHistory()
+    trainer = lean_trainer(max_epochs=1, callbacks=[SampleMask("true", 0.3), history])
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+    sizes = [len(b["y"]) for b in tiny_synthetic.train_dataloader()]
+    assert len(set(sizes)) > 1  # a smaller last batch makes the two means differ
+    expected = sum(math.floor(0.3 * n) for n in sizes) / sum(sizes)
+    assert curve(history.as_metrics(), "train/masked_fraction") == [pytest.approx(expected)]
 
 
 def test_a_sample_mask_needs_a_distiller(tiny_synthetic, lean_trainer):

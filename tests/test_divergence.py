@@ -214,3 +214,21 @@ def test_nontarget_jsd_is_bit_identical_to_decoupled_jsd(T):
     assert torch.equal(nontarget_jsd(logits_t, logits_s, target, T), expected)
     half = nontarget_jsd(logits_t.half(), logits_s.half(), target, T)
     assert torch.equal(half, decoupled_jsd(logits_t.half(), logits_s.half(), target, T)[1])
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float64, torch.float32), (torch.float32, torch.half)])
+def test_nontarget_jsd_of_mixed_precisions_and_bad_shapes(dtypes):
+    # The fused path stacks both sides; mixed precisions must still match decoupled_jsd.
+    from ntdh_bench.divergence import nontarget_jsd
+
+    gen = torch.Generator().manual_seed(1)
+    logits_t = torch.randn(33, 6, generator=gen).to(dtypes[0])
+    logits_s = torch.randn(33, 6, generator=gen).to(dtypes[1])
+    target = torch.randint(0, 6, (33,), generator=gen)
+    for T in (1.0, 2.0):
+        expected = decoupled_jsd(logits_t, logits_s, target, T)[1]
+        assert torch.equal(nontarget_jsd(logits_t, logits_s, target, T), expected)
+    with pytest.raises(ValueError, match="target"):
+        nontarget_jsd(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="student logits"):
+        nontarget_jsd(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, dtype=torch.long))

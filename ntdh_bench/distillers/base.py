@@ -26,7 +26,6 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from datamodules.base import IGNORE_INDEX
@@ -161,11 +160,15 @@ def pooled_embedding(output: ModelOutput, who: str) -> Tensor:
 
 
 def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Mean of per-sample values, or ``sum(w * v) / sum(w)`` (0 when every weight is 0)."""
+    """Mean of per-sample values, or ``sum(w * v) / sum(w)`` (0 when every weight is 0 and the
+    values are finite)."""
     if values.numel() == 0:
         return values.sum()
     if weight is None:
         return values.mean()
-    weight = weight.to(values.dtype)
-    total = weight.sum()
-    return torch.where(total > 0, (weight * values).sum() / total.clamp_min(1e-12), total * 0)
+    if weight.dtype != values.dtype:
+        weight = weight.to(values.dtype)
+    # With every weight 0 the numerator is a sum of zeros, so this is 0 (and so is each
+    # value's gradient) without a torch.where: four fewer operations, forward and backward,
+    # each masked training step.
+    return (weight * values).sum() / weight.sum().clamp_min(1e-12)

@@ -28,7 +28,13 @@ from ntdh_bench.masking.sample_mask import (
     SampleWeighting,
     pssm_weights,
 )
-from ntdh_bench.masking.selection import MASK_KINDS, ORACLE_KINDS, mask_count, select_masked
+from ntdh_bench.masking.selection import (
+    MASK_KINDS,
+    ORACLE_KINDS,
+    mask_count,
+    masked_indices,
+    select_masked,
+)
 from ntdh_bench.masking.specs import (
     FEATURE_MASK_KINDS,
     resolve_feature_mask,
@@ -51,6 +57,7 @@ __all__ = [
     "feature_keep_mask",
     "joint_train",
     "mask_count",
+    "masked_indices",
     "oracle_keep_mask",
     "patch_groups",
     "pssm_weights",

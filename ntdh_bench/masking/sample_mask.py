@@ -20,7 +20,7 @@ from torch import Tensor
 from models.base import ModelOutput
 from ntdh_bench.distillers.base import paired_logits
 from ntdh_bench.divergence import dense_keep_mask, nontarget_jsd
-from ntdh_bench.masking.selection import MASK_KINDS, mask_count, select_masked
+from ntdh_bench.masking.selection import MASK_KINDS, mask_count, masked_indices
 
 SAMPLE_MASK_KINDS = (*MASK_KINDS, "pssm")
 PSSM_THRESHOLD = 0.996
@@ -31,9 +31,8 @@ def pssm_weights(
 ) -> Tensor:
     """The released code's per-sample weight ``omega`` for ``(N, C)`` logits."""
     cos = F.cosine_similarity(logits_t.float(), logits_s.float(), dim=1)
-    soft = torch.where(cos >= threshold, (cos + 1) / 2, torch.zeros_like(cos))
-    right = logits_t.argmax(dim=1) == target
-    return torch.where(right, torch.ones_like(cos), soft)
+    soft = torch.where(cos >= threshold, (cos + 1) / 2, 0.0)
+    return torch.where(logits_t.argmax(dim=1) == target, 1.0, soft)
 
 
 class SampleWeighting:
@@ -63,27 +62,44 @@ class SampleWeighting:
 
     def item_weights(self, logits_t: Tensor, logits_s: Tensor, target: Tensor) -> Tensor:
         """``(N,)`` weights for flattened ``(N, C)`` logits: 0 masked, 1 kept (or omega)."""
-        logits_t, logits_s = logits_t.detach(), logits_s.detach()
+        return self._weights(logits_t, logits_s, target)[0]
+
+    def _weights(
+        self, logits_t: Tensor, logits_s: Tensor, target: Tensor
+    ) -> tuple[Tensor, Tensor | float]:
+        """:meth:`item_weights` and the share of items weighing 0: for the ranked and random
+        kinds that is ``k / N``, known without reading the weights back."""
+        # Every operation counts at this size (a batch of a small network): detach only what
+        # needs it (the student), and skip conversions that would return their input.
+        logits_t = logits_t.detach() if logits_t.requires_grad else logits_t
+        logits_s = logits_s.detach() if logits_s.requires_grad else logits_s
         if self.kind == "pssm":
-            return pssm_weights(logits_t, logits_s, target, self.threshold)
+            weight = pssm_weights(logits_t, logits_s, target, self.threshold)
+            n = weight.numel()
+            return weight, (n - torch.count_nonzero(weight)) / n if n else 0.0
+        n = len(target)
         scores = None
         if self.kind != "random":
             scores = nontarget_jsd(logits_t, logits_s, target, self.T)
         generator = self._gen(logits_t.device) if self.kind == "random" else None
-        masked = select_masked(scores, self.kind, self.ratio, len(target), generator)
-        return (~masked.to(logits_t.device)).to(logits_t.dtype)
+        index = masked_indices(scores, self.kind, self.ratio, n, generator)
+        weight = torch.ones(n, dtype=logits_t.dtype, device=logits_t.device)
+        weight.index_fill_(
+            0, index if index.device == weight.device else index.to(weight.device), 0.0
+        )
+        return weight, len(index) / n if n else 0.0
 
     def __call__(
         self, student: ModelOutput, teacher: ModelOutput, batch: Mapping[str, Tensor]
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | float]:
         """``(distill_weight, masked_fraction)`` for one training batch.
 
         ``distill_weight`` has the batch's layout: ``(B,)``, or ``(B, *spatial)`` with 0 outside
-        the valid, labelled items; ``masked_fraction`` is the share of scored items weighing 0.
+        the valid, labelled items; ``masked_fraction`` is the share of scored items weighing 0
+        (a float for the ranked and random kinds, a 0-dim tensor for ``pssm``).
         """
-        logits_s, logits_t, target, _ = paired_logits(student, teacher, dict(batch))
-        weight = self.item_weights(logits_t, logits_s, target)
-        fraction = (weight == 0).float().mean() if weight.numel() else weight.sum()
+        logits_s, logits_t, target, _ = paired_logits(student, teacher, batch)
+        weight, fraction = self._weights(logits_t, logits_s, target)
         if student.logits.dim() == 2:
             return weight, fraction
         keep = dense_keep_mask(batch["y"], batch.get("valid"))

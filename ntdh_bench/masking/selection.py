@@ -24,16 +24,18 @@ def mask_count(ratio: float, n: int) -> int:
     return math.floor(round(ratio * n, 9))
 
 
-def select_masked(
+def masked_indices(
     scores: Tensor | None,
     kind: str,
     ratio: float,
     n: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Boolean ``(n,)``: True for the ``mask_count(ratio, n)`` items that ``kind`` masks.
+    """Indices (long) of the ``mask_count(ratio, n)`` items that ``kind`` masks.
 
-    ``scores`` may be None for ``random`` (give ``n``); ``generator`` draws the random set.
+    ``scores`` may be None for ``random`` (give ``n``); ``generator`` draws the random set
+    and fixes the device. ``true`` / ``false`` rank by a stable sort, so that ties go to the
+    earlier item (``topk`` leaves the order of ties unspecified).
     """
     if kind not in MASK_KINDS:
         raise ValueError(f"mask kind must be one of {MASK_KINDS}, got {kind!r}")
@@ -47,13 +49,32 @@ def select_masked(
     if generator is not None:
         device = generator.device
     k = mask_count(ratio, n)
-    masked = torch.zeros(n, dtype=torch.bool, device=device)
     if k == 0:
-        return masked
+        return torch.zeros(0, dtype=torch.long, device=device)
     if kind == "random":
         order = torch.randperm(n, generator=generator, device=device)
     else:
-        order = torch.sort(scores.detach().flatten(), descending=kind == "true", stable=True)[1]
-        order = order.to(device)
-    masked[order[:k]] = True
+        flat = scores.detach() if scores.requires_grad else scores
+        flat = flat if flat.dim() == 1 else flat.flatten()
+        order = torch.argsort(flat, descending=kind == "true", stable=True)
+        if order.device != device:
+            order = order.to(device)
+    return order[:k]
+
+
+def select_masked(
+    scores: Tensor | None,
+    kind: str,
+    ratio: float,
+    n: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Boolean ``(n,)``: True for the ``mask_count(ratio, n)`` items that ``kind`` masks.
+
+    ``scores`` may be None for ``random`` (give ``n``); ``generator`` draws the random set.
+    """
+    index = masked_indices(scores, kind, ratio, n, generator)
+    n = scores.numel() if n is None else n
+    masked = torch.zeros(n, dtype=torch.bool, device=index.device)
+    masked[index] = True
     return masked

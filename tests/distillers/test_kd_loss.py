@@ -51,3 +51,12 @@ def test_kd_is_finite_with_finite_gradients_on_extreme_logits(make_output):
     loss = build_distiller("kd")(make_output(z_s), make_output(z_t), {"y": torch.tensor([0, 2])})
     loss["kd"].backward()
     assert torch.isfinite(loss["kd"]) and torch.isfinite(z_s.grad).all()
+
+
+def test_kd_with_every_weight_zero_is_zero_with_zero_gradients(make_output):
+    # weighted_mean divides by the clamped total weight instead of branching on it.
+    z_s = torch.tensor(LOGITS_S, requires_grad=True)
+    batch = {"y": torch.tensor([0, 2]), "distill_weight": torch.zeros(2)}
+    loss = build_distiller("kd")(make_output(z_s), make_output(torch.tensor(LOGITS_T)), batch)
+    loss["kd"].backward()
+    assert loss["kd"].item() == 0.0 and torch.equal(z_s.grad, torch.zeros_like(z_s))

@@ -80,3 +80,21 @@ def test_pssm_matches_its_formula_on_hand_made_logits():
     )
     torch.testing.assert_close(weight, omega)
     assert float(fraction) == 0.5
+
+
+@pytest.mark.parametrize("kind", ["true", "false"])
+def test_sample_mask_ranks_by_decoupled_ncjsd_with_ties_to_the_earlier_sample(kind):
+    # Red if the fused NCJSD ranking drifts from decoupled_jsd's in any bit, or ties stop
+    # going to the earlier sample: repeated rows give exactly equal scores.
+    gen = torch.Generator().manual_seed(4)
+    rows_t, rows_s = torch.randn(9, 5, generator=gen) * 3, torch.randn(9, 5, generator=gen) * 3
+    pick = torch.randint(0, 9, (200,), generator=gen)
+    logits_t, logits_s, target = rows_t[pick], rows_s[pick], pick % 5
+    ncjsd = decoupled_jsd(logits_t, logits_s, target)[1]
+    sign = -1.0 if kind == "true" else 1.0
+    ranked = sorted(range(200), key=lambda i: (sign * float(ncjsd[i]), i))
+    weighting = SampleWeighting(kind, 0.3)
+    weight, fraction = weighting(ModelOutput(logits_s), ModelOutput(logits_t), {"y": target})
+    assert torch.nonzero(weight == 0).flatten().tolist() == sorted(ranked[:60])
+    assert weight.dtype == logits_t.dtype and set(weight.unique().tolist()) == {0.0, 1.0}
+    assert fraction == 60 / 200

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from ntdh_bench.masking import Saliency, feature_keep_mask, mask_count, patch_groups, select_masked
+from ntdh_bench.masking import (
+    Saliency,
+    feature_keep_mask,
+    mask_count,
+    masked_indices,
+    patch_groups,
+    select_masked,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +59,25 @@ def test_grouped_masks_mask_whole_groups():
     keep = feature_keep_mask("true", 0.25, (2, 4, 4), saliency)
     assert keep[:, :2, 2:].eq(0).all() and int((keep == 0).sum()) == 8
     assert patch_groups((10,), 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["true", "false"])
+def test_ranked_masks_match_a_stable_ranking_with_many_ties(kind):
+    # Red if the selection stops breaking ties by position (e.g. an unstable sort or topk):
+    # the reference ranks in Python, highest (lowest) score first, then the earlier index.
+    gen = torch.Generator().manual_seed(3)
+    sign = -1.0 if kind == "true" else 1.0
+    for n in (1, 7, 64, 257):
+        scores = torch.randint(0, 4, (n,), generator=gen).float() / 4  # four distinct values
+        for ratio in (0.1, 0.25, 0.5, 0.9):
+            k = mask_count(ratio, n)
+            ranked = sorted(range(n), key=lambda i: (sign * float(scores[i]), i))
+            expected = sorted(ranked[:k])
+            assert masked_indices(scores, kind, ratio).sort().values.tolist() == expected
+            assert select_masked(scores, kind, ratio).nonzero().flatten().tolist() == expected
+
+
+def test_masked_indices_and_select_masked_draw_the_same_random_set():
+    index = masked_indices(None, "random", 0.25, 40, torch.Generator().manual_seed(5))
+    masked = select_masked(None, "random", 0.25, 40, torch.Generator().manual_seed(5))
+    assert len(index) == 10 and masked.nonzero().flatten().tolist() == sorted(index.tolist())
