@@ -11,6 +11,7 @@ import torch
 from datamodules.base import TensorBatchLoader
 from experiments.gap_sweep import GapSweep
 from models import MLP
+from ntdh_bench.builders import build_run_datamodule
 from ntdh_bench.checkpointing import resumable_checkpoint
 from ntdh_bench.config import apply_overrides, dataset_config, resolve_run_config, run_config
 from ntdh_bench.distillers import build_distiller
@@ -22,7 +23,9 @@ from ntdh_bench.ensemble import (
     execute_ensemble,
     plan_tasks,
 )
+from ntdh_bench.masking import MaskedNetwork
 from ntdh_bench.runner import RunEnv, execute_run
+from ntdh_bench.teachers import prepare_teacher
 from ntdh_bench.training import DeviceConfig, make_trainer, quiet_lightning
 
 TINY = ["teacher.epochs=2", "student.epochs=2", "dataset.n_samples=600", "dataset.n_train=400"]
@@ -210,3 +213,32 @@ def test_feature_masked_students_train_together_as_they_train_alone(
     assert len({r["metrics"]["test/teacher_acc"] for r in masked}) > 1  # masks differ
     for record in together:
         assert record["metrics"] == pytest.approx(alone[record["run_id"]]["metrics"], abs=1e-5)
+    # the teachers the ensemble trained were read back from the cache, never retrained alone
+    assert not (tmp_path / "together" / "cache" / "teachers" / ".bad").exists()
+    logs = [p.name for p in (tmp_path / "together" / "runs" / "teachers").iterdir()]
+    masked_logs = [name for name in logs if name.startswith("teacher-masked-")]
+    assert len(masked_logs) == (5 if teacher == "retrain" else 0) and len(logs) == len(set(logs))
+
+
+def test_teachers_retrained_on_masked_input_train_together_as_alone(tmp_path, tiny_args):
+    # Red if a member trained on its unmasked input, on another member's mask, or were saved
+    # in a form the teacher cache cannot load into a MaskedNetwork.
+    from experiments.mask_sweep import MaskSweep
+
+    argv = ["--seeds", "2", "--gaps", "0", "1", "--ratios", "0.5", *tiny_args]
+    sweep = MaskSweep(MaskSweep.parser().parse_args(argv))
+    configs = [
+        resolve_run_config({**s.config, "role": "teacher"})
+        for s in sweep.specs()
+        if (s.config.get("feature_mask") or {}).get("kind") == "random"
+    ]
+    assert len(configs) == 4 and len({ensemble_key(c) for c in configs}) == 1
+    alone = [execute_run(c, RunEnv(tmp_path / "r1", tmp_path / "c1")).metrics for c in configs]
+    env = RunEnv(tmp_path / "r2", tmp_path / "c2")
+    together = execute_ensemble(configs, env)
+    for single, member in zip(alone, together, strict=True):
+        assert member.metrics == pytest.approx(single, abs=1e-5)
+    for config in configs:  # each loads as a MaskedNetwork, as a run alone would read it
+        network = prepare_teacher(config, build_run_datamodule(config), env).network
+        assert isinstance(network, MaskedNetwork) and 0 < network.masked_fraction < 1
+    assert not (tmp_path / "c2" / "teachers" / ".bad").exists()

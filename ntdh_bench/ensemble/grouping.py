@@ -2,11 +2,10 @@
 
 Runs may share an ensemble when they differ only in what varies *between* members of one
 ``torch.func`` model: the seed (initialisation and batch order), the data cell (the synthetic
-gap and its data seed) and, for students, the teacher's feature mask (it changes only the
-teacher's outputs, which each member keeps). Everything else (role, architecture, schedule,
-optimizer, loss weights, distiller and its temperature) must be equal, because it is one model,
-one optimizer and one loss function for all members. Runs that cannot join an ensemble run
-one by one as before.
+gap and its data seed) and the teacher's feature mask. Everything else (role, architecture,
+schedule, optimizer, loss weights, distiller and its temperature) must be equal, because it is
+one model, one optimizer and one loss function for all members. Runs that cannot join an
+ensemble run one by one as before.
 
 Eligible, on purpose narrow (what makes members exactly equivalent to runs alone):
 
@@ -15,8 +14,9 @@ Eligible, on purpose narrow (what makes members exactly equivalent to runs alone
 * roles ``teacher``, ``student`` and ``kd``; a KD distiller without parameters or state whose
   loss is a pure function of the two networks' outputs (:data:`ENSEMBLE_DISTILLERS`: the
   logit losses, and RKD, PKT and SP on the embedding or last feature map);
-* no sample mask (its per-batch weights act on one run's batch); a feature mask only on a
-  student's teacher (a teacher role with a mask is retrained on masked input: alone).
+* no sample mask (its per-batch weights act on one run's batch); feature masks on the
+  teacher's input (a teacher retrained on masked input trains on ``xa * keep``) or anywhere
+  on a student's teacher (they change only the teacher's outputs, which each member keeps).
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def ineligibility(config: Mapping[str, Any]) -> str | None:
         return f"model {config['model']['name']!r} is not in {ENSEMBLE_MODELS}"
     if config.get("sample_mask"):
         return "sample-masked runs train alone"
-    if config.get("feature_mask") and config["role"] == "teacher":
-        return "a teacher retrained on masked input trains alone"
+    mask = config.get("feature_mask")
+    if mask and config["role"] == "teacher" and (mask["teacher"] != "retrain" or mask["layer"]):
+        return "only a teacher retrained on an input mask trains in an ensemble"
     if config["role"] == "kd" and config["distiller"]["name"] not in ENSEMBLE_DISTILLERS:
         return f"distiller {config['distiller']['name']!r} is not in {ENSEMBLE_DISTILLERS}"
     return None

@@ -39,7 +39,7 @@ from ntdh_bench.masking.feature_mask import MaskedNetwork
 from ntdh_bench.naming import run_folder_name
 from ntdh_bench.results import config_hash
 from ntdh_bench.runner import RunResult, run_datamodule
-from ntdh_bench.teachers import prepare_teacher, teacher_identity
+from ntdh_bench.teachers import feature_keep, prepare_teacher, teacher_identity
 from ntdh_bench.training import RunEnv, RunLogger, flatten_config, make_trainer, quiet_lightning
 
 __all__ = ["MemberOutcome", "execute_ensemble"]
@@ -51,17 +51,22 @@ SPLITS = ("train", "val", "test")
 class _Member:
     """One run of the ensemble: its config, data, network and where it logs."""
 
-    def __init__(self, config: Mapping[str, Any], run_id: str) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], run_id: str, dm: PairedDataModule | None = None
+    ) -> None:
         self.config, self.run_id = config, run_id
-        reset_data_warnings()
-        self.dm: PairedDataModule = run_datamodule(config)
-        if not self.dm.uses_tensor_path:
-            raise ValueError(f"dataset {config['dataset']['name']!r} is not held in memory")
+        if dm is None:
+            reset_data_warnings()
+            dm = run_datamodule(config)
+            if not dm.uses_tensor_path:
+                raise ValueError(f"dataset {config['dataset']['name']!r} is not held in memory")
+        self.dm: PairedDataModule = dm
         self.data_warnings = {f"data/{k}": float(v) for k, v in data_warning_counts().items()}
         self.teacher_metrics: dict[str, float] = {}
         self.teacher: nn.Module | None = None
         self.network: nn.Module | None = None
         self.logger: RunLogger | None = None
+        self.input_keep: torch.Tensor | None = None  # a teacher retrained on masked input
 
     def build_network(self, modality: str) -> None:
         L.seed_everything(self.config["seed"], workers=True, verbose=False)
@@ -99,48 +104,75 @@ def execute_ensemble(
 
 
 # --- teachers ------------------------------------------------------------------------------
-def _train_teachers(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
-    """Teachers not yet in the cache train together; every one is then read as alone."""
-    entries = [CacheEntry(env.cache_dir, "teachers", teacher_identity(m.config)) for m in members]
+def _retrain_keep(
+    config: Mapping[str, Any], dm: PairedDataModule, env: RunEnv
+) -> torch.Tensor | None:
+    """The input mask a teacher is retrained under, or None for the plain teacher."""
+    mask = config.get("feature_mask")
+    if not mask or mask["teacher"] != "retrain":
+        return None
+    if mask["layer"] is not None:
+        raise ValueError("a teacher retrained under a hidden-layer mask trains alone")
+    return feature_keep(config, dm, env)
+
+
+def _ensure_teachers(members: list[_Member], env: RunEnv) -> dict[str, MemberOutcome]:
+    """Train together the teachers of ``members`` that the cache lacks (each once), and write
+    each to the cache as a teacher trained alone is written; returns the outcomes of those
+    trained here, by cache key. A teacher retrained on masked input trains on ``xa * keep``,
+    the input :class:`~ntdh_bench.masking.MaskedNetwork` gives it, and is saved as one."""
+    needed: dict[str, tuple[_Member, CacheEntry]] = {}
+    for m in members:
+        entry = CacheEntry(env.cache_dir, "teachers", teacher_identity(m.config))
+        needed.setdefault(entry.key, (m, entry))
+    trained: dict[str, MemberOutcome] = {}
     with contextlib.ExitStack() as locks:
         if not env.devices.distributed:
-            for entry in entries:
+            for _, entry in needed.values():
                 locks.enter_context(entry.lock())
-        missing = [i for i, e in enumerate(entries) if e.read("model.pt") is None]
-        trained: dict[int, MemberOutcome] = {}
-        if missing:
-            group = [members[i] for i in missing]
-            for m in group:
-                m.build_network("xa")
-                entry = entries[members.index(m)]
-                version = f"teacher-s{m.config['seed']}-{entry.key}"
-                m.logger = RunLogger(
-                    save_dir=str(env.runs_dir),
-                    name="teachers",
-                    version=version,
-                    default_hp_metric=False,
-                )
-            outcomes = _fit(group, env, "xa", group[0].config["teacher"], distiller=None)
-            for i, m, outcome in zip(missing, group, outcomes, strict=True):
-                trained[i] = outcome
-                if isinstance(outcome, Exception):
-                    continue
-                metrics = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
-                _close_logger(m, entries[i].identity, metrics)
-                entries[i].write(
-                    {"model.pt": outcome.state}, {"metrics": metrics, "timing": outcome.timing}
-                )
+        missing = [(m, e) for m, e in needed.values() if e.read("model.pt") is None]
+        if not missing:
+            return trained
+        jobs = []
+        for m, entry in missing:
+            job = _Member(m.config, m.run_id, m.dm)
+            job.input_keep = _retrain_keep(m.config, m.dm, env)
+            job.build_network("xa")
+            masked = "masked-" if job.input_keep is not None else ""
+            job.logger = RunLogger(
+                save_dir=str(env.runs_dir),
+                name="teachers",
+                version=f"teacher-{masked}s{m.config['seed']}-{entry.key}",
+                default_hp_metric=False,
+            )
+            jobs.append(job)
+        outcomes = _fit(jobs, env, "xa", jobs[0].config["teacher"], distiller=None)
+        for job, (_, entry), outcome in zip(jobs, missing, outcomes, strict=True):
+            trained[entry.key] = outcome
+            if isinstance(outcome, Exception):
+                continue
+            metrics = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
+            _close_logger(job, entry.identity, metrics)
+            state = outcome.state
+            if job.input_keep is not None:  # as MaskedNetwork(network, keep).state_dict()
+                state = {**{f"net.{k}": v for k, v in state.items()}, "keep": job.input_keep}
+            entry.write({"model.pt": state}, {"metrics": metrics, "timing": outcome.timing})
+    return trained
+
+
+def _train_teachers(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
+    """Teacher runs: the missing ones train together; each then reports as alone (from the
+    cache, through :func:`~ntdh_bench.teachers.prepare_teacher`)."""
+    trained = _ensure_teachers(members, env)
     results: list[MemberOutcome] = []
-    for i, (m, entry) in enumerate(zip(members, entries, strict=True)):
-        outcome = trained.get(i)
+    for m in members:
+        key = CacheEntry(env.cache_dir, "teachers", teacher_identity(m.config)).key
+        outcome = trained.get(key)
         if isinstance(outcome, Exception):
             results.append(outcome)
             continue
-        cached = entry.read("model.pt")
-        if cached is None:
-            results.append(RuntimeError(f"teacher cache entry {entry.folder} is unreadable"))
-            continue
-        metrics = {f"teacher/{k}": v for k, v in cached[1]["metrics"].items()}
+        teacher = prepare_teacher(m.config, m.dm, env)
+        metrics = {f"teacher/{k}": v for k, v in teacher.metrics.items()}
         timing = {} if outcome is None else dict(outcome.timing)
         results.append(RunResult({**metrics, **m.data_warnings}, timing))
     return results
@@ -153,6 +185,7 @@ def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
     if config["role"] == "kd":
         options = {k: v for k, v in config["distiller"].items() if k != "name"}
         distiller = build_distiller(config["distiller"]["name"], task="classification", **options)
+    _ensure_teachers([m for m in members if _trainable_teacher(m.config)], env)
     for m in members:
         teacher = prepare_teacher(m.config, m.dm, env)
         m.teacher, m.teacher_metrics = _masked(teacher.network, teacher.callbacks), teacher.metrics
@@ -178,6 +211,17 @@ def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
     return results
 
 
+def _trainable_teacher(config: Mapping[str, Any]) -> bool:
+    """Whether the run's teacher is a network trained on ``xa`` (plain, fed a mask, or
+    retrained on masked input), which an ensemble can train; not Eq. 26's scored ``f_a``."""
+    mask = config.get("feature_mask")
+    return (
+        not mask
+        or mask["teacher"] == "feed"
+        or (mask["teacher"] == "retrain" and mask["layer"] is None)
+    )
+
+
 def _masked(network: nn.Module, callbacks: Sequence[L.Callback]) -> nn.Module:
     """The teacher as a run alone distils from it: wrapped by its feature mask, as
     :class:`~ntdh_bench.callbacks.FeatureMask` wraps it in ``setup``."""
@@ -201,8 +245,12 @@ def _stack(members: list[_Member], split: str, modality: str, features: bool) ->
     """The members' split stacked; with teachers, their logits (and ``features`` when the
     distiller reads them; only on the training split, where it is called)."""
     tensors = [m.dm.split_tensors(split) for m in members]
+    inputs = [
+        t[modality] if m.input_keep is None else t[modality] * m.input_keep.to(t[modality].dtype)
+        for m, t in zip(members, tensors, strict=True)
+    ]
     stacked = StackedSplit(
-        x=torch.stack([t[modality] for t in tensors]),
+        x=torch.stack(inputs),
         y=torch.stack([t["y"] for t in tensors]),
     )
     if members[0].teacher is not None:
