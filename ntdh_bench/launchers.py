@@ -30,7 +30,10 @@ import math
 import multiprocessing as mp
 import os
 import queue
+import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -323,6 +326,21 @@ def _pool_worker(
             results.put(record)
 
 
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While the pool runs, SIGTERM (``kill``, a scheduler's stop) raises ``SystemExit`` in the
+    parent, so that its ``finally`` stops the workers instead of leaving them orphaned and
+    training on (as they did under a plain ``kill`` of the sweep)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class PoolLauncher(Launcher):
     """``workers`` processes taking whole runs from a shared queue.
 
@@ -349,6 +367,10 @@ class PoolLauncher(Launcher):
             tasks.put(run)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         procs = []
+        with _terminate_raises():
+            self._run_pool(ctx, sweep, runs, progress, tasks, results, threads, procs)
+
+    def _run_pool(self, ctx, sweep, runs, progress, tasks, results, threads, procs) -> None:
         for i in range(self.workers):
             device = self.device_ids[i] if self.device_ids is not None else None
             tasks.put(None)

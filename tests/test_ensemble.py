@@ -242,3 +242,15 @@ def test_teachers_retrained_on_masked_input_train_together_as_alone(tmp_path, ti
         network = prepare_teacher(config, build_run_datamodule(config), env).network
         assert isinstance(network, MaskedNetwork) and 0 < network.masked_fraction < 1
     assert not (tmp_path / "c2" / "teachers" / ".bad").exists()
+
+
+def test_members_too_large_to_gain_train_alone(tmp_path, monkeypatch):
+    import ntdh_bench.ensemble.runner as ensemble_runner
+
+    monkeypatch.setattr(ensemble_runner, "MAX_MEMBER_PARAMETERS", 10)
+    configs = _configs("student")[:2]
+    results = execute_ensemble(configs, RunEnv(tmp_path / "r", tmp_path / "c"))
+    alone = [execute_run(c, RunEnv(tmp_path / "r2", tmp_path / "c2")) for c in configs]
+    for result, single in zip(results, alone, strict=True):
+        assert "ensemble_members" not in result.timing
+        assert result.metrics == single.metrics  # the same code path: the same bits

@@ -185,3 +185,38 @@ def test_ddp_sweep_on_two_cpu_processes_records_each_run_once(tmp_path, tiny_arg
     lines = ResultStore(tmp_path / "results" / "fig3").records()
     assert len(lines) == 6 and all(r["status"] == "done" for r in lines)
     assert len({r["run_id"] for r in lines}) == 6
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")  # a zombie has exited
+
+
+def test_terminating_a_pooled_sweep_stops_its_workers(tmp_path, dirs_under):
+    # Red if SIGTERM killed the sweep but left its pool workers training on as orphans.
+    argv = [
+        sys.executable, "experiments/gap_sweep.py", "--seeds", "2", "--gaps", "0", "1",
+        "--workers", "2", "--no-ensemble", "--set", "teacher.epochs=200", *dirs_under(tmp_path),
+    ]  # fmt: skip
+    sweep = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    running = tmp_path / "results" / "fig3" / "running"
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and sweep.poll() is None:
+        for marker in running.glob("*.json") if running.exists() else []:
+            try:
+                workers.add(json.loads(marker.read_text())["pid"])
+            except (OSError, ValueError, KeyError):
+                continue
+        time.sleep(0.2)
+    assert len(workers) == 2, "the workers did not start"
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=60) != 0
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
