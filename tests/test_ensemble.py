@@ -254,3 +254,26 @@ def test_members_too_large_to_gain_train_alone(tmp_path, monkeypatch):
     for result, single in zip(results, alone, strict=True):
         assert "ensemble_members" not in result.timing
         assert result.metrics == single.metrics  # the same code path: the same bits
+
+
+class _SubclassedMLP(MLP):
+    """An MLP the fast path does not recognise: it goes through vmap(functional_call)."""
+
+    def forward(self, x: torch.Tensor):
+        return super().forward(x)
+
+
+def test_the_batched_mlp_forward_equals_vmap_of_the_network():
+    torch.manual_seed(4)
+    nets = [MLP(6, 3, hidden=(5, 4)) for _ in range(3)]
+    twins = [_SubclassedMLP(6, 3, hidden=(5, 4)) for _ in range(3)]
+    for net, twin in zip(nets, twins, strict=True):
+        twin.load_state_dict(net.state_dict())
+    x = torch.randn(3, 7, 6)
+    split = {s: StackedSplit(x, torch.zeros(3, 7, dtype=torch.long)) for s in ("train", "val")}
+    fast, generic = (EnsembleModule(n, split, [0, 1, 2], 4, 4) for n in (nets, twins))
+    a, b = (m.forward_all(m.member_params(), x) for m in (fast, generic))
+    assert torch.allclose(a.logits, b.logits, atol=1e-6)
+    assert all(torch.allclose(f, g, atol=1e-6) for f, g in zip(a.features, b.features, strict=True))
+    assert torch.allclose(a.embedding, b.embedding, atol=1e-6)
+    assert torch.allclose(a.logits[1], nets[1](x[1]).logits, atol=1e-6)  # member 1 is net 1
