@@ -49,10 +49,13 @@ from ntdh_bench.training import (
 __all__ = ["RunEnv", "RunResult", "execute_run", "run_datamodule"]
 
 # In-memory datamodules of this process's recent runs, by dataset section and seed: a sweep's
-# worker runs the teacher, the no-KD student and the KD students of one cell one after another,
-# and rebuilding the data (scikit-learn's generator, the digits' blends) costs each of them.
+# worker runs the teacher, the no-KD student and the KD students of one cell one after another
+# (or, in ensembles, every cell's teachers, then every cell's students), and rebuilding the data
+# (scikit-learn's generator, the digits' blends) costs each of them. The most recent are kept,
+# at most _DATAMODULES_KEPT and _DATAMODULES_BYTES of tensors in all (the last one always).
 _DATAMODULES: OrderedDict[str, PairedDataModule] = OrderedDict()
-_DATAMODULES_KEPT = 2
+_DATAMODULES_KEPT = 64
+_DATAMODULES_BYTES = 1 << 30
 
 
 def run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
@@ -73,9 +76,28 @@ def run_datamodule(config: Mapping[str, Any]) -> PairedDataModule:
     dm = build_run_datamodule(config)
     if dm.uses_tensor_path and not data_warning_counts():
         _DATAMODULES[key] = dm
-        while len(_DATAMODULES) > _DATAMODULES_KEPT:
+        while len(_DATAMODULES) > 1 and (
+            len(_DATAMODULES) > _DATAMODULES_KEPT
+            or sum(map(_tensor_bytes, _DATAMODULES.values())) > _DATAMODULES_BYTES
+        ):
             _DATAMODULES.popitem(last=False)
     return dm
+
+
+def _tensor_bytes(dm: PairedDataModule) -> int:
+    """The memory of a datamodule's split tensors."""
+    return sum(
+        t.numel() * t.element_size()
+        for split in ("train", "val", "test")
+        for t in _split_or_empty(dm, split).values()
+    )
+
+
+def _split_or_empty(dm: PairedDataModule, split: str) -> Mapping[str, Any]:
+    try:
+        return dm.split_tensors(split)
+    except KeyError:
+        return {}
 
 
 @dataclass

@@ -26,3 +26,19 @@ def test_runs_with_the_same_data_and_seed_share_a_datamodule_and_no_other_runs_d
     assert other_seed.seed == 1 and dm.seed == 0
     a, b = other_gap.split_tensors("train"), dm.split_tensors("train")
     assert not all(torch.equal(a[k], b[k]) for k in ("xa", "xb"))
+
+
+def test_kept_datamodules_stay_within_the_memory_budget(monkeypatch):
+    import ntdh_bench.runner as runner
+
+    monkeypatch.setattr(runner, "_DATAMODULES", type(runner._DATAMODULES)())
+    base = dataset_config("synthetic", overrides=TINY)
+    configs = [run_config(base, "teacher", s, dataset={"gap": 0.5}) for s in range(3)]
+    first = run_datamodule(configs[0])
+    assert run_datamodule(configs[0]) is first  # within the budget: kept
+    one = runner._tensor_bytes(first)
+    monkeypatch.setattr(runner, "_DATAMODULES_BYTES", 2 * one)
+    for config in configs[1:]:
+        run_datamodule(config)
+    assert len(runner._DATAMODULES) == 2  # the oldest went; the budget holds two
+    assert run_datamodule(configs[0]) is not first
