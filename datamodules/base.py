@@ -113,9 +113,11 @@ class TensorBatchLoader:
     """Batches of a dict of same-length tensors, cut by index slicing.
 
     Shuffling draws a fresh permutation per epoch from ``seed + epoch`` (so a run resumed at
-    epoch e sees the same order as an uninterrupted one). Under data parallelism each rank takes
-    every ``world_size``-th index of the permutation, padded by wrap-around to equal length,
-    as ``DistributedSampler`` does.
+    epoch e sees the same order as an uninterrupted one). A batch that holds the whole split
+    (full-batch training, the released synthetic protocol) is the split in order: shuffling it
+    would change only the summation order, at the cost of a permutation and a gather per epoch.
+    Under data parallelism each rank takes every ``world_size``-th index of the permutation,
+    padded by wrap-around to equal length, as ``DistributedSampler`` does.
     """
 
     def __init__(
@@ -153,7 +155,7 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _order(self) -> Tensor:
-        if self.shuffle:
+        if self.shuffle and self.batch_size < self.num_samples:
             gen = torch.Generator().manual_seed(self.seed + self.sampler.epoch)
             order = torch.randperm(self.num_samples, generator=gen)
         else:
@@ -165,6 +167,9 @@ class TensorBatchLoader:
         return order
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.world_size == 1 and self.batch_size >= self.num_samples:
+            yield dict(self.tensors)  # the whole split, as it is: no gather
+            return
         device = next(iter(self.tensors.values())).device
         order = self._order().to(device)
         for b in range(len(self)):

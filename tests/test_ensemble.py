@@ -277,3 +277,20 @@ def test_the_batched_mlp_forward_equals_vmap_of_the_network():
     assert all(torch.allclose(f, g, atol=1e-6) for f, g in zip(a.features, b.features, strict=True))
     assert torch.allclose(a.embedding, b.embedding, atol=1e-6)
     assert torch.allclose(a.logits[1], nets[1](x[1]).logits, atol=1e-6)  # member 1 is net 1
+
+
+def test_full_batch_sgd_members_match_alone(tmp_path):
+    # The released protocol: one full batch per epoch (taken in order, no gather) and SGD.
+    base = dataset_config("synthetic", protocol="released", overrides=TINY)
+    base = apply_overrides(base, ["teacher.epochs=5", "student.epochs=5", "student.val_every=2"])
+    for role in ("teacher", "kd"):
+        configs = [
+            resolve_run_config(run_config(base, role, s, {"gap": g, "data_seed": s}))
+            for g, s in CELLS[:2]
+        ]
+        alone = [execute_run(c, RunEnv(tmp_path / "r1", tmp_path / "c1")).metrics for c in configs]
+        together = execute_ensemble(configs, RunEnv(tmp_path / "r2", tmp_path / "c2"))
+        for single, member in zip(alone, together, strict=True):
+            assert member.metrics == pytest.approx(single, abs=1e-6)
+    loader = TensorBatchLoader({"i": torch.arange(5)}, 8, shuffle=True, seed=1)
+    assert [b["i"].tolist() for b in loader] == [[0, 1, 2, 3, 4]]  # a full batch, in order

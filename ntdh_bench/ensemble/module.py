@@ -72,9 +72,16 @@ def _linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
+# The batch of a full-batch epoch: every row, in order (Lightning skips a ``None`` batch).
+WHOLE_SPLIT = torch.empty(0, 0, dtype=torch.long)
+
+
 def _rows(stacked: Tensor, index: Tensor) -> Tensor:
     """``stacked[k, index[k]]`` for every member k, as one ``index_select`` on the flattened
-    member and sample dims (2-3x faster than advanced indexing with two index tensors)."""
+    member and sample dims (2-3x faster than advanced indexing with two index tensors);
+    :data:`WHOLE_SPLIT`: every row, in order."""
+    if index.numel() == 0:
+        return stacked
     members, n = stacked.shape[:2]
     offsets = torch.arange(members, device=index.device)[:, None] * n
     flat = stacked.reshape(members * n, *stacked.shape[2:])
@@ -100,6 +107,9 @@ class MemberBatches:
         return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
+        if self.batch_size >= self.num_samples:  # the whole split in order, as
+            yield WHOLE_SPLIT.to(self.device)  # TensorBatchLoader gives it: no gather
+            return
         orders = torch.stack(
             [
                 torch.randperm(
@@ -241,7 +251,7 @@ class EnsembleModule(L.LightningModule):
             features = [_rows(f, index) for f in train.teacher_features or []]
             teacher = ModelOutput(_rows(train.teacher_logits, index), features)
         losses = self._losses(self.member_params(), x, y, teacher)
-        n = index.shape[1]
+        n = y.shape[1]
         for name, value in losses.items():  # epoch means: sum_b n_b value_b / sum_b n_b
             previous = self._sums.get(name)
             self._sums[name] = value.detach() * n + (0 if previous is None else previous)
