@@ -232,3 +232,18 @@ def test_nontarget_jsd_of_mixed_precisions_and_bad_shapes(dtypes):
         nontarget_jsd(torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="student logits"):
         nontarget_jsd(torch.zeros(3, 4), torch.zeros(3, 5), torch.zeros(3, dtype=torch.long))
+
+
+@settings(max_examples=50, deadline=None)
+@given(logit_pairs())
+def test_the_report_gives_the_bits_of_each_divergence_alone(pair):
+    # The report shares one decomposition per side; red if it swapped teacher and student,
+    # or mixed up a term (e.g. the full KL for the target-class one).
+    zt, zs, target, T = pair
+    report = divergence_report(zt, zs, target, T)
+    tckl, nckl = decoupled_kl(zt, zs, target, T)
+    tcjsd, ncjsd = decoupled_jsd(zt, zs, target, T)
+    alone = {"kl": kl(zt, zs, T), "tckl": tckl, "nckl": nckl, "tcjsd": tcjsd, "ncjsd": ncjsd}
+    assert report.keys() == alone.keys()
+    for name, value in alone.items():
+        assert torch.equal(report[name], value), name
