@@ -18,7 +18,7 @@ target's measure; CPU time (the commands' children, ``getrusage``) is printed to
 machine is shared. Every command runs with one thread per process (``OMP_NUM_THREADS=1``).
 Median of ``--repeats``, alternating.
 
-    python benchmarks/ensemble_sweep.py [--quick] [--repeats 3] [--workers 1]
+    python benchmarks/ensemble_sweep.py [--quick] [--repeats 3] [--parts fig3 released]
 """
 
 from __future__ import annotations
@@ -156,7 +156,9 @@ def released_loop(epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller grids (make bench)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="RESULTS.md: 3 (one repeat is about 5 minutes)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="passed to the sweeps")
     parser.add_argument("--parts", nargs="+", default=["fig3", "released"])
     parser.add_argument("--released-loop", action="store_true", help=argparse.SUPPRESS)
