@@ -294,3 +294,13 @@ def test_full_batch_sgd_members_match_alone(tmp_path):
             assert member.metrics == pytest.approx(single, abs=1e-6)
     loader = TensorBatchLoader({"i": torch.arange(5)}, 8, shuffle=True, seed=1)
     assert [b["i"].tolist() for b in loader] == [[0, 1, 2, 3, 4]]  # a full batch, in order
+
+
+def test_runs_that_cannot_train_together_are_refused(tmp_path):
+    env = RunEnv(tmp_path / "r", tmp_path / "c")
+    mixed = [_configs("kd")[0], _configs("kd", ["student.lam=0.7"])[1]]
+    with pytest.raises(ValueError, match="differ only in seed, data cell and teacher mask"):
+        execute_ensemble(mixed, env)
+    masked = {**_configs("kd")[0], "sample_mask": {"kind": "true", "ratio": 0.25}}
+    with pytest.raises(ValueError, match="sample-masked runs train alone"):
+        execute_ensemble([masked, _configs("kd")[1]], env)

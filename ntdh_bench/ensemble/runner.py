@@ -101,7 +101,7 @@ def execute_ensemble(
         if reason is not None:
             raise ValueError(f"run {config_hash(config)} cannot join an ensemble: {reason}")
     if len({ensemble_key(c) for c in configs}) != 1:
-        raise ValueError("an ensemble's runs must differ only in seed and data cell")
+        raise ValueError("an ensemble's runs must differ only in seed, data cell and teacher mask")
     with quiet_lightning():
         if _member_parameters(configs[0]) > MAX_MEMBER_PARAMETERS:
             return [_alone(c, env, i) for c, i in zip(configs, run_ids, strict=True)]
