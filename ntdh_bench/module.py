@@ -28,6 +28,7 @@ the distillation term only, for any distiller; ``train/masked_fraction`` is logg
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import lightning as L
 import torch
@@ -46,6 +47,25 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 METRIC_NAMES = {"classification": "acc", "dense": "miou"}
 _BIND_ROWS = 2  # training samples shown to Distiller.bind to size its adapters
+
+
+def build_optimizer(
+    params: Iterable[nn.Parameter],
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """The run's optimizer, ``adam`` | ``adamw`` | ``sgd`` (``momentum`` for SGD only)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused
+        )
+    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def task_metric(task: str, num_classes: int) -> Metric:
@@ -193,14 +213,13 @@ class _SupervisedBase(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        params = self.trainable_parameters()
-        if hp.optimizer == "sgd":
-            momentum = hp.get("momentum", 0.9)
-            return torch.optim.SGD(
-                params, lr=hp.lr, momentum=momentum, weight_decay=hp.weight_decay
-            )
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        return build_optimizer(
+            self.trainable_parameters(),
+            hp.optimizer,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            momentum=hp.get("momentum", 0.9),
+        )
 
 
 class UnimodalModule(_SupervisedBase):

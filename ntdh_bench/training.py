@@ -205,7 +205,14 @@ def log_hparams(
 ) -> None:
     """Put the run's config with its final metrics in TensorBoard's hparams table; closes
     the run's event file."""
-    logger = trainer.logger
+    close_with_hparams(trainer.logger, config, metrics)
+
+
+def close_with_hparams(
+    logger: Any, config: Mapping[str, Any], metrics: Mapping[str, float]
+) -> None:
+    """Write ``config`` with ``metrics`` to a TensorBoard logger's hparams table and close its
+    event file (a run trained by a Trainer, or a member of an ensemble); other loggers: none."""
     if isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(flatten_config(config), metrics=dict(metrics))
         if isinstance(logger, RunLogger):

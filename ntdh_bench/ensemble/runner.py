@@ -40,7 +40,13 @@ from ntdh_bench.naming import run_folder_name
 from ntdh_bench.results import config_hash
 from ntdh_bench.runner import RunResult, execute_run, run_datamodule
 from ntdh_bench.teachers import feature_keep, prepare_teacher, teacher_identity
-from ntdh_bench.training import RunEnv, RunLogger, flatten_config, make_trainer, quiet_lightning
+from ntdh_bench.training import (
+    RunEnv,
+    RunLogger,
+    close_with_hparams,
+    make_trainer,
+    quiet_lightning,
+)
 
 __all__ = ["MAX_MEMBER_PARAMETERS", "MemberOutcome", "execute_ensemble"]
 
@@ -175,7 +181,7 @@ def _ensure_teachers(members: list[_Member], env: RunEnv) -> dict[str, MemberOut
             if isinstance(outcome, Exception):
                 continue
             metrics = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
-            _close_logger(job, entry.identity, metrics)
+            close_with_hparams(job.logger, entry.identity, metrics)
             state = outcome.state
             if job.input_keep is not None:  # as MaskedNetwork(network, keep).state_dict()
                 state = {**{f"net.{k}": v for k, v in state.items()}, "keep": job.input_keep}
@@ -228,7 +234,7 @@ def _train_students(members: list[_Member], env: RunEnv) -> list[MemberOutcome]:
             continue
         test = {k: v for k, v in outcome.metrics.items() if k.startswith("test/")}
         metrics = {**test, **{f"teacher/{k}": v for k, v in m.teacher_metrics.items()}}
-        _close_logger(m, m.config, metrics)
+        close_with_hparams(m.logger, m.config, metrics)
         history = {k: v for k, v in outcome.metrics.items() if k.startswith("history/")}
         results.append(RunResult({**metrics, **history, **m.data_warnings}, outcome.timing))
     return results
@@ -362,10 +368,3 @@ def _fit(
         }
         outcomes.append(_Trained({**tests[k], **history}, dict(share), module.member_state(k)))
     return outcomes
-
-
-def _close_logger(m: _Member, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-    """The run's hparams row with its final metrics, as a run alone writes it; closes it."""
-    if m.logger is not None:
-        m.logger.log_hyperparams(flatten_config(hparams), metrics=dict(metrics))
-        m.logger.close()
