@@ -55,12 +55,19 @@ def kd_config(name: str, quick: bool) -> dict[str, Any]:
 
 
 def _optimizer(params, train: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The run's optimizer as a plain script would build it, with the kernel choice the suite
+    makes (fused on the CPU), so both sides do the same update."""
+    params = list(params)
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(
-            params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"]
+            params,
+            lr=train["lr"],
+            momentum=train["momentum"],
+            weight_decay=train["weight_decay"],
+            fused=True,
         )
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"], fused=True)
 
 
 def plain_run(config: Mapping[str, Any], env: RunEnv) -> float:

@@ -177,6 +177,39 @@ class TensorBatchLoader:
             yield {k: v[idx] for k, v in self.tensors.items()}
 
 
+class WholeEpoch:
+    """The one item of a :class:`WholeEpochLoader`: iterating it yields the epoch's batches."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class WholeEpochLoader:
+    """A loader of one item per epoch, a :class:`WholeEpoch` over ``loader``'s batches.
+
+    For modules that train a whole epoch inside one Lightning step
+    (:mod:`ntdh_bench.whole_epochs`): the batches and their order are ``loader``'s, and
+    Lightning's ``set_epoch`` reaches ``loader``'s sampler.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.sampler = loader.sampler  # Lightning calls loader.sampler.set_epoch(epoch)
+        self.batch_sampler = None
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[WholeEpoch]:
+        yield WholeEpoch(self.loader)
+
+
 def check_split(split: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """Validate a split against the batch contract and add ``index``."""
     missing = [k for k in REQUIRED_KEYS if k not in tensors]
@@ -248,7 +281,16 @@ class PairedDataModule(L.LightningDataModule):
         self._tensors = {s: check_split(s, t) for s, t in built.items()}
 
     def train_dataloader(self) -> Any:
-        return self._loader("train", self.batch_size, shuffle=True)
+        """The training batches; one :class:`WholeEpoch` per epoch when the trainer's module
+        trains whole epochs in one step (``whole_epoch_steps``) and the data are tensors."""
+        loader = self._loader("train", self.batch_size, shuffle=True)
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not isinstance(loader, TensorBatchLoader):
+            return loader
+        fitting = trainer.state.fn == "fit" and trainer.state.status == "running"
+        if fitting and getattr(trainer.lightning_module, "whole_epoch_steps", False):
+            return WholeEpochLoader(loader)
+        return loader
 
     def val_dataloader(self) -> Any:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -29,7 +29,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from datamodules.base import IGNORE_INDEX
+from datamodules.base import IGNORE_INDEX, WholeEpoch, WholeEpochLoader
 from models import MLP
 from models.base import ModelOutput
 from ntdh_bench.callbacks import DEFAULT_HISTORY, DIVERGENCES
@@ -37,6 +37,7 @@ from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.divergence import divergence_report
 from ntdh_bench.guards import DivergedError, divergence_factor
 from ntdh_bench.module import OPTIMIZERS, build_optimizer
+from ntdh_bench.whole_epochs import WholeEpochSteps
 
 EpochSink = Callable[[int, dict[str, float], int], None]  # (member, metrics, step)
 
@@ -122,7 +123,7 @@ class MemberBatches:
             yield orders[:, b * self.batch_size : (b + 1) * self.batch_size]
 
 
-class EnsembleModule(L.LightningModule):
+class EnsembleModule(WholeEpochSteps, L.LightningModule):
     """K members: networks on ``modality``, optionally distilled from cached teacher logits.
 
     Args:
@@ -230,10 +231,16 @@ class EnsembleModule(L.LightningModule):
         return {"ce": ce, **terms, "loss": weight * ce + self.lam * distill}
 
     # --- training ----------------------------------------------------------------------
-    def train_dataloader(self) -> MemberBatches:
+    def setup(self, stage: str) -> None:
+        """Whole-epoch steps where possible (:mod:`ntdh_bench.whole_epochs`): the members'
+        data are in memory."""
+        if stage == "fit":
+            self.choose_step_loop(data_in_memory=True)
+
+    def train_dataloader(self) -> MemberBatches | WholeEpochLoader:
         loader = MemberBatches(len(self.splits["train"].y[0]), self.batch_size, self.seeds)
         loader.device = self.device
-        return loader
+        return WholeEpochLoader(loader) if self.whole_epoch_steps else loader
 
     def on_fit_start(self) -> None:
         self.splits = {name: split.to(self.device) for name, split in self.splits.items()}
@@ -243,7 +250,14 @@ class EnsembleModule(L.LightningModule):
         if self.distiller is not None:
             self.distiller.set_epoch(self.current_epoch)
 
-    def training_step(self, index: Tensor, batch_idx: int) -> Tensor:
+    def training_step(self, index: Tensor | WholeEpoch, batch_idx: int) -> Tensor | None:
+        """The summed loss of one batch of every member (Lightning optimises), or under
+        whole-epoch steps the epoch trained here."""
+        return self.step_batches(index, self._batch_loss)
+
+    def _batch_loss(self, index: Tensor) -> Tensor:
+        """The sum of the members' losses on their rows ``index (K, B)``; adds the batch to
+        the epoch means."""
         train = self.splits["train"]
         x, y = _rows(train.x, index), _rows(train.y, index)
         teacher = None
@@ -304,10 +318,9 @@ class EnsembleModule(L.LightningModule):
                 )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """The runs' optimizer over the stacked parameters, ``fused``: one pass per tensor
-        instead of one per arithmetic step, which matters once the members' stacked
-        parameters outgrow the caches (Adam on the digits MLPs: 90 -> 67 ms a step at K = 5;
-        the same update up to float rounding)."""
+        """The runs' optimizer over the stacked parameters, fused as for a run alone (one
+        pass per tensor, which matters most once the stacked parameters outgrow the caches:
+        Adam on the digits MLPs 90 -> 67 ms a step at K = 5)."""
         o = self.opt
         return build_optimizer(
             self.stacked.parameters(),
@@ -315,7 +328,6 @@ class EnsembleModule(L.LightningModule):
             lr=o["lr"],
             weight_decay=o["weight_decay"],
             momentum=o["momentum"],
-            fused=True,
         )
 
     # --- evaluation --------------------------------------------------------------------
