@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ntdh_bench.distillers.base import paired_logits
 from ntdh_bench.divergence import divergence_report
+from ntdh_bench.epoch_metrics import log_epoch_values
 from ntdh_bench.masking.feature_mask import MaskedNetwork, feature_keep_mask
 from ntdh_bench.masking.saliency import Saliency
 from ntdh_bench.masking.sample_mask import PSSM_THRESHOLD, SampleWeighting
@@ -176,8 +177,7 @@ class DivergenceMonitor(EvaluationMonitor):
         sums = strategy.reduce(sums, reduce_op="sum")
         count = strategy.reduce(count, reduce_op="sum")
         means = sums / count
-        for i, name in enumerate(DIVERGENCES):
-            pl_module.log(f"{stage}/{name}", means[i], on_epoch=True)
+        log_epoch_values(pl_module, {f"{stage}/{n}": means[i] for i, n in enumerate(DIVERGENCES)})
         self._sums[stage], self._counts[stage] = None, 0
 
 

@@ -40,6 +40,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from datamodules.base import IGNORE_INDEX, WholeEpoch
 from models.base import ModelOutput
 from ntdh_bench.distillers.base import Distiller
+from ntdh_bench.epoch_metrics import (
+    direct_logging,
+    epoch_log_step,
+    log_epoch_values,
+    publish,
+    write_to_loggers,
+)
 from ntdh_bench.masking.sample_mask import SampleWeighting
 from ntdh_bench.torch_env import skip_failing_nvml_probe
 from ntdh_bench.whole_epochs import WholeEpochSteps
@@ -184,6 +191,7 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
             {stage: task_metric(task, num_classes) for stage in ("val", "test")}
         )
         self._epoch_sums: dict[str, list[Tensor]] = {}
+        self._unwritten_means: dict[str, Tensor] = {}
 
     def _accumulate(self, name: str, value: Tensor | float, batch: dict[str, Tensor]) -> None:
         """Add a training batch's ``value`` to the epoch mean of ``name`` (no device sync)."""
@@ -204,16 +212,32 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         return not math.isfinite(n) or batch_idx >= n - 1
 
     def _log_epoch_means(self, batch_idx: int) -> None:
-        """At the epoch's last batch, log each accumulated mean once (synced across ranks)."""
+        """At the epoch's last batch, log each accumulated mean once (synced across ranks;
+        in one process straight to the callbacks, and to the loggers at the epoch's end, see
+        :mod:`ntdh_bench.epoch_metrics`)."""
         if not self._is_last_batch(batch_idx):
             return
-        for name, (total, n) in self._epoch_sums.items():
-            mean = torch.as_tensor(total / n, device=self.device)  # a float sum stays a float
-            self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+        means = {  # a float sum stays a float
+            name: torch.as_tensor(total / n, device=self.device)
+            for name, (total, n) in self._epoch_sums.items()
+        }
         self._epoch_sums = {}
+        if self._trainer is not None and direct_logging(self._trainer):
+            publish(self._trainer, means)
+            self._unwritten_means = means
+            return
+        for name, mean in means.items():
+            self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}
+
+    def on_train_epoch_end(self) -> None:
+        """The epoch's training means reach the loggers where Lightning would write them."""
+        if self._unwritten_means:
+            trainer = self.trainer
+            write_to_loggers(trainer, self._unwritten_means, epoch_log_step(trainer))
+            self._unwritten_means = {}
 
     def setup(self, stage: str) -> None:
         """Choose the training loop: whole-epoch steps where possible (see the class)."""
@@ -240,9 +264,13 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         """Update the stage's task metric; it is logged once, at the epoch's end."""
         self.stage_metrics[stage].update(logits, _labels(batch))
 
+    def _stage_metrics(self, stage: str) -> dict[str, Metric]:
+        """The stage's torchmetrics by logged name."""
+        return {f"{stage}/{self.metric_name}": self.stage_metrics[stage]}
+
     def _log_stage_metrics(self, stage: str) -> None:
-        """Log the stage's torchmetrics once per epoch (Lightning computes and resets them)."""
-        self.log(f"{stage}/{self.metric_name}", self.stage_metrics[stage], on_epoch=True)
+        """Log the stage's torchmetrics once per epoch (computed and reset)."""
+        log_epoch_values(self, self._stage_metrics(stage))
 
     def on_validation_epoch_end(self) -> None:
         self._log_stage_metrics("val")
@@ -524,11 +552,11 @@ class CrossModalKD(_SupervisedBase):
         self.teacher_metrics[stage].update(teacher_out.logits, _labels(batch))
         return {"student": student_out, "teacher": teacher_out}
 
-    def _log_stage_metrics(self, stage: str) -> None:
-        super()._log_stage_metrics(stage)
+    def _stage_metrics(self, stage: str) -> dict[str, Metric]:
+        metrics = super()._stage_metrics(stage)
         if self.teacher is not None:
-            name = f"{stage}/teacher_{self.metric_name}"
-            self.log(name, self.teacher_metrics[stage], on_epoch=True)
+            metrics[f"{stage}/teacher_{self.metric_name}"] = self.teacher_metrics[stage]
+        return metrics
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
         """Both networks' outputs, for :class:`ntdh_bench.callbacks.DivergenceMonitor`."""
