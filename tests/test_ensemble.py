@@ -304,3 +304,24 @@ def test_runs_that_cannot_train_together_are_refused(tmp_path):
     masked = {**_configs("kd")[0], "sample_mask": {"kind": "true", "ratio": 0.25}}
     with pytest.raises(ValueError, match="sample-masked runs train alone"):
         execute_ensemble([masked, _configs("kd")[1]], env)
+
+
+def test_members_trained_in_cache_sized_groups_match_all_at_once(monkeypatch):
+    # Red if a group read another group's rows, parameters or teacher outputs, or if the
+    # groups' losses were concatenated out of member order (each member's logged means).
+    import ntdh_bench.ensemble.module as ensemble_module
+
+    x = torch.randn(5, 24, 5, generator=torch.Generator().manual_seed(4))
+    logged: dict[str, list] = {"together": [], "grouped": []}
+    together = _tiny_module(x, lambda k, m, step: logged["together"].append((k, step, m)))
+    _fit(together, 2)
+    monkeypatch.setattr(ensemble_module, "CHUNK_ROWS", 16)  # batches of 8 rows: groups of 2
+    grouped = _tiny_module(x, lambda k, m, step: logged["grouped"].append((k, step, m)))
+    _fit(grouped, 2)
+    for k in range(5):
+        for name, value in together.member_state(k).items():
+            torch.testing.assert_close(grouped.member_state(k)[name], value, msg=name)
+    assert len(logged["grouped"]) == len(logged["together"]) == 10
+    for (k, step, mine), (k2, step2, theirs) in zip(*logged.values(), strict=True):
+        assert (k, step) == (k2, step2) and mine.keys() == theirs.keys()
+        assert list(mine.values()) == pytest.approx(list(theirs.values())), k
