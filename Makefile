@@ -71,8 +71,11 @@ claims: $(STAMP)  ## results/CLAIMS.md: every verdict of every finished experime
 tensorboard: $(STAMP)  ## open the TensorBoard logs of every run
 	$(VENV)/bin/tensorboard --logdir runs
 
+# One OpenMP thread per benchmark process: with the default, an OpenMP thread torch no longer
+# uses spins and is counted in the CPU times (ensemble_sweep lifts it for its loop that runs
+# with torch's own threads).
 bench: $(STAMP)  ## speed benchmarks, ratios in benchmarks/RESULTS.md (QUICK=1: smaller sizes)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b $(if $(QUICK),--quick) || exit 1; done
+	@for b in benchmarks/*.py; do echo "== $$b"; OMP_NUM_THREADS=1 $(PY) $$b $(if $(QUICK),--quick) || exit 1; done
 
 clean:  ## remove results, logs and caches (not the venv)
 	rm -rf results runs cache .pytest_cache .ruff_cache
