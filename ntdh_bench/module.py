@@ -28,7 +28,6 @@ the distillation term only, for any distiller; ``train/masked_fraction`` is logg
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import lightning as L
 import torch
@@ -48,49 +47,12 @@ from ntdh_bench.epoch_metrics import (
     write_to_loggers,
 )
 from ntdh_bench.masking.sample_mask import SampleWeighting
-from ntdh_bench.torch_env import skip_failing_nvml_probe
+from ntdh_bench.optimizers import OPTIMIZERS, build_optimizer
+from ntdh_bench.teacher_rows import CachedRows, same_view
 from ntdh_bench.whole_epochs import WholeEpochSteps
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
-skip_failing_nvml_probe()  # 0.1 ms per Adam step on machines without NVML (see torch_env)
-
 
 METRIC_NAMES = {"classification": "acc", "dense": "miou"}
 _BIND_ROWS = 2  # training samples shown to Distiller.bind to size its adapters
-
-
-def build_optimizer(
-    params: Iterable[nn.Parameter],
-    optimizer: str,
-    lr: float,
-    weight_decay: float,
-    momentum: float = 0.9,
-    fused: bool | None = None,
-) -> torch.optim.Optimizer:
-    """The run's optimizer, ``adam`` | ``adamw`` | ``sgd`` (``momentum`` for SGD only).
-
-    ``fused`` (default: wherever every parameter is a float tensor on the CPU or a CUDA
-    device) runs each update as one kernel per tensor: the same update up to float rounding,
-    about 3x cheaper for Adam on the suite's small MLPs (50 against 156 us a step on the
-    synthetic one, CPU), which is a sixth of their training step.
-    """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    params = list(params)
-    if fused is None:
-        fused = bool(params) and all(fused_kernel_available(p) for p in params)
-    if optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused
-        )
-    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=weight_decay, fused=fused)
-
-
-def fused_kernel_available(param: Tensor) -> bool:
-    """Whether torch's fused Adam/SGD kernels take this parameter (float, CPU or CUDA)."""
-    return param.is_floating_point() and param.device.type in ("cpu", "cuda")
 
 
 def task_metric(task: str, num_classes: int) -> Metric:
@@ -107,52 +69,6 @@ def _labels(batch: dict[str, Tensor]) -> Tensor:
     y = batch["y"]
     valid = batch.get("valid")
     return y if valid is None else y.masked_fill(~valid.bool(), IGNORE_INDEX)
-
-
-def _same_view(a: Tensor | None, b: Tensor | None) -> bool:
-    """Whether two tensors are the same view of the same memory (``detach`` keeps it)."""
-    if a is None or b is None:
-        return False
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-
-
-class _CachedRows(ModelOutput):
-    """Rows ``index`` of cached teacher outputs, each tensor gathered when first read.
-
-    A logits-only distiller (KD, the decoupled losses) then never gathers the hidden features
-    and embedding, which on the synthetic MLP cost more than the logits; an embedding that is
-    the last feature map (every MLP) is gathered once. The rows are exactly
-    ``source.index_select(index)``.
-    """
-
-    def __init__(self, source: ModelOutput, index: Tensor, embedding_is_last: bool) -> None:
-        self._source, self._index, self._embedding_is_last = source, index, embedding_is_last
-        self._rows: dict[str, Tensor | list[Tensor] | None] = {}
-
-    @property
-    def logits(self) -> Tensor:
-        if "logits" not in self._rows:
-            self._rows["logits"] = self._source.logits[self._index]
-        return self._rows["logits"]
-
-    @property
-    def features(self) -> list[Tensor]:
-        if "features" not in self._rows:
-            self._rows["features"] = [f[self._index] for f in self._source.features]
-        return self._rows["features"]
-
-    @property
-    def embedding(self) -> Tensor | None:
-        if "embedding" not in self._rows:
-            source = self._source.embedding
-            if source is None:
-                rows = None
-            elif self._embedding_is_last:
-                rows = self.features[-1]
-            else:
-                rows = source[self._index]
-            self._rows["embedding"] = rows
-        return self._rows["embedding"]
 
 
 class _SupervisedBase(WholeEpochSteps, L.LightningModule):
@@ -412,7 +328,7 @@ class CrossModalKD(_SupervisedBase):
         """The teacher's output for a batch: from the cache when there is one."""
         cached = self._teacher_cache.get(split)
         if cached is not None:
-            return _CachedRows(cached, batch["index"], split in self._embedding_is_last)
+            return CachedRows(cached, batch["index"], split in self._embedding_is_last)
         return self._run_teacher(self.teacher_input(batch))
 
     def _fill_teacher_cache(self) -> None:
@@ -434,7 +350,7 @@ class CrossModalKD(_SupervisedBase):
                 chunks.append(self._run_teacher(self.teacher_input(part)))
             features = [torch.cat(f) for f in zip(*(c.features for c in chunks), strict=True)]
             is_last = all(
-                _same_view(c.embedding, c.features[-1] if c.features else None) for c in chunks
+                same_view(c.embedding, c.features[-1] if c.features else None) for c in chunks
             )
             if is_last:
                 self._embedding_is_last.add(split)

@@ -205,14 +205,14 @@ def test_cached_teacher_rows_equal_index_select_of_every_output():
     # Red if the lazily gathered rows of the teacher cache differ from ModelOutput.index_select
     # (wrong index, an embedding taken from the wrong feature map, a stale row cache).
     from models.base import ModelOutput
-    from ntdh_bench.module import _CachedRows
+    from ntdh_bench.teacher_rows import CachedRows
 
     torch.manual_seed(0)
     features = [torch.randn(10, 5), torch.randn(10, 3)]
     index = torch.tensor([7, 0, 3, 3])
     for embedding, is_last in ((features[-1], True), (torch.randn(10, 3), False), (None, False)):
         cached = ModelOutput(torch.randn(10, 4), features, embedding)
-        rows, expected = _CachedRows(cached, index, is_last), cached.index_select(index)
+        rows, expected = CachedRows(cached, index, is_last), cached.index_select(index)
         assert torch.equal(rows.logits, expected.logits)
         assert all(torch.equal(a, b) for a, b in zip(rows.features, expected.features, strict=True))
         if embedding is None:

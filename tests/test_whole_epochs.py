@@ -14,7 +14,8 @@ from models import MLP, build_model
 from ntdh_bench.callbacks import DivergenceMonitor
 from ntdh_bench.distillers import build_distiller
 from ntdh_bench.ensemble import EnsembleModule, StackedSplit
-from ntdh_bench.module import CrossModalKD, UnimodalModule, build_optimizer
+from ntdh_bench.module import CrossModalKD, UnimodalModule
+from ntdh_bench.optimizers import build_optimizer
 from ntdh_bench.torch_env import NVML_CHECK_VARIABLE, skip_failing_nvml_probe
 from ntdh_bench.training import DeviceConfig, make_trainer, quiet_lightning
 from ntdh_bench.whole_epochs import whole_epoch_obstacle

@@ -36,7 +36,7 @@ from ntdh_bench.callbacks import DEFAULT_HISTORY, DIVERGENCES
 from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.divergence import divergence_report
 from ntdh_bench.guards import DivergedError, divergence_factor
-from ntdh_bench.module import OPTIMIZERS, build_optimizer
+from ntdh_bench.optimizers import OPTIMIZERS, build_optimizer
 from ntdh_bench.whole_epochs import WholeEpochSteps
 
 EpochSink = Callable[[int, dict[str, float], int], None]  # (member, metrics, step)
