@@ -77,6 +77,12 @@ def train_batches(
     advances by one after each of its training steps, here one per epoch). Returns the number
     of steps.
     """
+    if module.trainer.lr_scheduler_configs:
+        raise RuntimeError(
+            f"{type(module).__name__} has learning-rate schedulers, which Lightning does not step "
+            "under whole-epoch steps (manual optimisation); build the module with "
+            "whole_epochs=False to keep Lightning's per-step loop"
+        )
     optimizer = module.optimizers(use_pl_optimizer=False)
     epoch_loop = module.trainer.fit_loop.epoch_loop
     progress = epoch_loop.manual_optimization.optim_step_progress

@@ -107,6 +107,25 @@ def test_whatever_needs_the_per_step_loop_keeps_it(tiny_synthetic, lean_trainer)
     assert trainer.global_step == 7
 
 
+class _Scheduled(CrossModalKD):
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 1)]
+
+
+def test_learning_rate_schedulers_are_not_silently_dropped(tiny_synthetic, lean_trainer):
+    # Lightning leaves schedulers to manual optimisation: whole-epoch steps must say so.
+    L.seed_everything(0, verbose=False)
+    args = (build_model("mlp", (50,), 4), build_model("mlp", (50,), 4), None, 4)
+    with quiet_lightning(), pytest.raises(RuntimeError, match="whole_epochs=False"):
+        lean_trainer(max_epochs=1).fit(_Scheduled(*args, lam=0.0), tiny_synthetic)
+    module = _Scheduled(*args, lam=0.0, whole_epochs=False)
+    trainer = lean_trainer(max_epochs=2)
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 2
+
+
 def test_a_whole_epoch_loader_yields_its_loaders_batches_once_per_epoch():
     tensors = {"i": torch.arange(10)}
     inner = TensorBatchLoader(tensors, 4, shuffle=True, seed=3)
