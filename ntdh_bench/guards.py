@@ -46,6 +46,19 @@ def divergence_factor() -> float:
     return math.inf if value <= 0 else value
 
 
+def divergence_message(
+    name: str, value: float, first: float, factor: float, where: str
+) -> str | None:
+    """The rule of the module doc: why ``value`` of loss ``name`` at ``where`` has diverged
+    from its first-epoch value ``first``, or None if it has not."""
+    if first > 0 and value > factor * first:
+        return (
+            f"diverged: {name} = {value:.6g} at {where}, above {factor:g} x its first-epoch "
+            f"value {first:.6g}"
+        )
+    return None
+
+
 def _location(trainer: L.Trainer) -> str:
     return f"epoch {trainer.current_epoch} (step {trainer.global_step})"
 
@@ -76,13 +89,9 @@ class DivergenceGuard(L.Callback):
         if name not in self.first:
             self.first[name] = value
             return
-        start = self.first[name]
-        if start > 0 and value > self.factor * start:
-            raise DivergedError(
-                f"diverged: {name} = {value:.6g} at {_location(trainer)}, above "
-                f"{self.factor:g} x its first-epoch value {start:.6g} "
-                f"(${FACTOR_VARIABLE} sets the factor)"
-            )
+        message = divergence_message(name, value, self.first[name], self.factor, _location(trainer))
+        if message is not None:
+            raise DivergedError(f"{message} (${FACTOR_VARIABLE} sets the factor)")
 
     def state_dict(self) -> dict[str, Any]:
         return {"first": dict(self.first)}

@@ -35,7 +35,7 @@ from models.base import ModelOutput
 from ntdh_bench.callbacks import DEFAULT_HISTORY, DIVERGENCES
 from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.divergence import divergence_report
-from ntdh_bench.guards import DivergedError, divergence_factor
+from ntdh_bench.guards import divergence_factor, divergence_message
 from ntdh_bench.optimizers import OPTIMIZERS, build_optimizer
 from ntdh_bench.whole_epochs import WholeEpochSteps
 
@@ -346,12 +346,9 @@ class EnsembleModule(WholeEpochSteps, L.LightningModule):
                 self.errors[k] = f"{name} is {value} at {where}"
             elif self.first_loss[k] is None:
                 self.first_loss[k] = value
-            elif self.first_loss[k] > 0 and value > self._factor * self.first_loss[k]:
-                self.errors[k] = str(
-                    DivergedError(
-                        f"diverged: {name} = {value:.6g} at {where}, above {self._factor:g} x "
-                        f"its first-epoch value {self.first_loss[k]:.6g}"
-                    )
+            else:
+                self.errors[k] = divergence_message(
+                    name, value, self.first_loss[k], self._factor, where
                 )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
