@@ -133,6 +133,7 @@ def test_unimodal_module_learns_the_teacher_modality(tiny_synthetic, lean_traine
         trainer.fit(module, tiny_synthetic)
         acc = trainer.test(module, tiny_synthetic, verbose=False)[0]["test/acc"]
     assert acc > 0.4  # chance is 0.25
+    assert module.whole_epoch_steps and trainer.global_step == 35  # 7 batches an epoch
 
 
 def test_invalid_module_arguments_raise():
