@@ -174,7 +174,9 @@ class TensorBatchLoader:
         order = self._order().to(device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield {k: v[idx] for k, v in self.tensors.items()}
+            # index_select, not v[idx]: the same rows, without advanced indexing's 10 us of
+            # dispatch per tensor (a third of a small MLP's step)
+            yield {k: v.index_select(0, idx) for k, v in self.tensors.items()}
 
 
 class WholeEpoch:
@@ -208,6 +210,24 @@ class WholeEpochLoader:
 
     def __iter__(self) -> Iterator[WholeEpoch]:
         yield WholeEpoch(self.loader)
+
+
+EVAL_BATCH_BYTES = 64 * 2**20
+
+
+def eval_rows(splits: dict[str, dict[str, Tensor]], floor: int) -> int:
+    """Rows of an evaluation batch of in-memory splits: the largest evaluated split whole
+    when its tensors fit in :data:`EVAL_BATCH_BYTES`, else as many rows as fit, never fewer
+    than ``floor``.
+
+    Evaluation in one batch rather than several gives the same metrics (exact counts, and sums
+    of the same rows in another order) for a fraction of the evaluation loop's per-batch cost,
+    which dominates a small network's validation.
+    """
+    evaluated = [t for s, t in splits.items() if s != "train"] or list(splits.values())
+    rows = max(len(t["y"]) for t in evaluated)
+    row_bytes = max(sum(v[0].numel() * v.element_size() for v in t.values()) for t in evaluated)
+    return max(floor, min(rows, EVAL_BATCH_BYTES // max(row_bytes, 1)))
 
 
 def check_split(split: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -249,7 +269,7 @@ class PairedDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or max(batch_size, 1024)
+        self._eval_batch_size = eval_batch_size
         self.seed = seed
         self.num_workers = num_workers
         self._tensors: dict[str, dict[str, Tensor]] | None = None
@@ -299,6 +319,16 @@ class PairedDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size, shuffle=False)
 
     # --- helpers -----------------------------------------------------------------------
+    @property
+    def eval_batch_size(self) -> int:
+        """Rows per validation and test batch: the constructor's, or by default as many as
+        :func:`eval_rows` allows (in-memory splits), at least 1024 and ``batch_size``."""
+        if self._eval_batch_size is None:
+            self.setup()
+            floor = max(self.batch_size, 1024)
+            self._eval_batch_size = eval_rows(self._tensors, floor) if self._tensors else floor
+        return self._eval_batch_size
+
     @property
     def uses_tensor_path(self) -> bool:
         self.setup()

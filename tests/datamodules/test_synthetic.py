@@ -109,6 +109,19 @@ def test_eval_loader_is_ordered():
     assert indices == list(range(160))
 
 
+def test_eval_batches_default_to_the_whole_split_when_it_fits_the_memory_budget(monkeypatch):
+    import datamodules.base as base
+
+    dm = SyntheticDataModule(batch_size=16, **SMALL)  # 160 val rows of 2 x 50 floats + labels
+    assert [len(b["y"]) for b in dm.val_dataloader()] == [160]
+    row_bytes = 2 * 50 * 4 + 8 + 8
+    monkeypatch.setattr(base, "EVAL_BATCH_BYTES", 30 * row_bytes)
+    splits = {s: dm.split_tensors(s) for s in ("train", "val", "test")}
+    assert base.eval_rows(splits, floor=16) == 30
+    assert base.eval_rows(splits, floor=50) == 50  # never below the floor
+    assert SyntheticDataModule(eval_batch_size=7, **SMALL).eval_batch_size == 7  # asked for
+
+
 def test_ranks_take_disjoint_shards_that_cover_the_split():
     from datamodules.base import TensorBatchLoader
 
