@@ -14,6 +14,7 @@ from ntdh_bench.distillers.base import (
     sample_weight,
 )
 from ntdh_bench.distillers.registry import register_distiller
+from ntdh_bench.distillers.rkd_angles import angle_loss
 
 
 @register_distiller("rkd")
@@ -26,7 +27,9 @@ class RKD(Distiller):
     the angle at ``e_j`` (``u_ij = (e_i - e_j) / ||e_i - e_j||``, 0 for equal points),
     ``L_A = mean_ijk huber(a_s,ijk, a_t,ijk)`` over all ``B^3`` triplets. ``huber`` is
     PyTorch's ``smooth_l1_loss`` (beta 1), averaged as above. Both terms are invariant to a
-    rescaling of either embedding. Defaults (25 and 50) are the reference settings.
+    rescaling of either embedding. Defaults (25 and 50) are the reference settings. The angle
+    term is computed from the Gram matrix, block by block (:mod:`.rkd_angles`): the same
+    values without the ``B^3 D`` product.
 
     Embeddings are ``ModelOutput.embedding`` (pooled on dense tasks). With ``distill_weight``
     the relations are computed among the samples whose weight is positive (a masked sample is
@@ -57,7 +60,7 @@ class RKD(Distiller):
             zero = e_s.sum() * 0.0
             return {"rkd_distance": zero, "rkd_angle": zero}
         distance = F.smooth_l1_loss(_normalised_distances(e_s), _normalised_distances(e_t))
-        angle = F.smooth_l1_loss(_angles(e_s), _angles(e_t))
+        angle = angle_loss(e_s, e_t)
         return {
             "rkd_distance": self.distance_weight * distance,
             "rkd_angle": self.angle_weight * angle,
@@ -73,9 +76,3 @@ def _normalised_distances(e: Tensor, eps: float = 1e-12) -> Tensor:
     positive = d > 0
     mean = d.sum() / positive.sum().clamp_min(1)
     return d / mean.clamp_min(eps)
-
-
-def _angles(e: Tensor) -> Tensor:
-    """``(B, B, B)`` cosines ``a[j, i, k] = <u_ij, u_kj>`` of the angles at each point."""
-    u = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
-    return u @ u.transpose(1, 2)
