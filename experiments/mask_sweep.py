@@ -55,6 +55,7 @@ class MaskSweep(DatasetExperiment):
     section = "mask_sweep"
     description = __doc__
     grid_flags: ClassVar[tuple[str, ...]] = ("gaps", "ratios")
+    validation_curves = True  # Fig. 13: NCJSD over training
 
     @classmethod
     def add_experiment_arguments(cls, parser: argparse.ArgumentParser) -> None:

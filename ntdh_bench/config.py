@@ -167,6 +167,27 @@ def dataset_config(
     return config
 
 
+TRAINED_SECTIONS = ("teacher", "student")
+
+
+def validate_after_last_epoch(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each trained network (teacher, student) that has no explicit
+    ``val_every`` validated once, after its last epoch (``val_every = epochs``).
+
+    For experiments whose figures and history read only the final metrics: a validation pass
+    after every epoch of a small network costs as much as a third of its training and no
+    report reads it. An explicit ``val_every`` (in the YAML or ``--set student.val_every=1``,
+    for curves in TensorBoard) is kept.
+    """
+    config = dict(config)
+    for name in TRAINED_SECTIONS:
+        section = config.get(name)
+        if isinstance(section, Mapping) and "val_every" not in section:
+            epochs = section.get("epochs", TrainSettings.model_fields["epochs"].default)
+            config[name] = {**section, "val_every": epochs}
+    return config
+
+
 # --- one run -----------------------------------------------------------------------------
 def _plugin(
     registry: Mapping[str, Any], section: Mapping[str, Any] | None, where: str

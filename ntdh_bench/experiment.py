@@ -31,7 +31,12 @@ from tqdm.auto import tqdm
 from datamodules.base import data_environment
 from ntdh_bench.builders import build_run_datamodule
 from ntdh_bench.claims import Verdict, write_verdicts
-from ntdh_bench.config import PROTOCOLS, dataset_config, resolve_run_config
+from ntdh_bench.config import (
+    PROTOCOLS,
+    dataset_config,
+    resolve_run_config,
+    validate_after_last_epoch,
+)
 from ntdh_bench.ensemble import execute_ensemble, plan_tasks
 from ntdh_bench.launchers import (
     Executor,
@@ -80,6 +85,9 @@ class Experiment(ABC):
 
     name: str = ""
     description: str = ""
+    # Whether the report reads per-epoch validation curves; if not, networks validate once,
+    # after their last epoch, unless the config asks for more (validate_after_last_epoch).
+    validation_curves: bool = False
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -102,14 +110,16 @@ class Experiment(ABC):
     def dataset_config(self, dataset: str, quick: str | None = None) -> dict[str, Any]:
         """The dataset's experiment config under this command line: ``--full``,
         ``--protocol``, the ``quick:`` size of section ``quick`` and the ``--set`` overrides
-        (:func:`ntdh_bench.config.dataset_config`)."""
-        return dataset_config(
+        (:func:`ntdh_bench.config.dataset_config`). Without :attr:`validation_curves`,
+        networks validate only after their last epoch unless it sets ``val_every``."""
+        config = dataset_config(
             dataset,
             full=self.args.full,
             protocol=self.args.protocol,
             quick=quick,
             overrides=self.args.overrides,
         )
+        return config if self.validation_curves else validate_after_last_epoch(config)
 
     def publish(self, fig: Any, stem: str) -> str:
         """Save a report figure beside the tables and log it to TensorBoard."""

@@ -98,7 +98,8 @@ def teacher_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     identity = {
         "dataset": config["dataset"],
         "model": config["model"],
-        "train": config["teacher"],
+        # how often it is validated does not change what is trained
+        "train": {k: v for k, v in config["teacher"].items() if k != "val_every"},
         "seed": config["seed"],
     }
     if mask and mask["teacher"] == "retrain":

@@ -16,6 +16,7 @@ from ntdh_bench.config import (
     resolve_run_config,
     run_config,
     run_id,
+    validate_after_last_epoch,
 )
 from ntdh_bench.distillers import DISTILLERS
 from ntdh_bench.validation import ConfigError
@@ -144,3 +145,13 @@ def test_the_released_protocol_is_the_authors_training_and_part_of_the_run_ident
     assert mnist["dataset"]["noise"] == {"mnist": 4.0, "mnist_m": 1.0}
     with pytest.raises(ConfigError, match="no 'released' protocol"):
         dataset_config("nyu_ssc", protocol="released")
+
+
+def test_validate_after_last_epoch_fills_only_what_the_config_leaves_open():
+    config = {"teacher": {"epochs": 7}, "student": {"epochs": 9, "val_every": 1}, "model": {}}
+    filled = validate_after_last_epoch(config)
+    assert filled["teacher"]["val_every"] == 7  # once, after the last epoch
+    assert filled["student"]["val_every"] == 1  # asked for: kept
+    assert "val_every" not in config["teacher"]  # the input is not changed
+    default = TrainSettings.model_fields["epochs"].default
+    assert validate_after_last_epoch({"student": {}})["student"]["val_every"] == default

@@ -85,6 +85,29 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path, tiny_args):
     assert other.metrics != first.metrics
 
 
+def _validated_epochs(record: dict) -> list[int]:
+    metrics = record["metrics"]
+    return sorted(int(k.rsplit("/", 1)[1]) for k in metrics if k.startswith("history/val/acc/"))
+
+
+def test_sweeps_without_curves_validate_after_the_last_epoch_unless_asked(
+    tmp_path, tiny_args, out_dirs
+):
+    argv = ["--seeds", "1", "--gaps", "0", *tiny_args, *out_dirs]  # 2 epochs a network
+    records = GapSweep.main(argv)
+    assert {role: _validated_epochs(r) for r in records for role in [r["config"]["role"]]} == {
+        "teacher": [], "student": [1], "kd": [1]  # teachers keep no history
+    }  # fmt: skip
+    assert all(
+        r["config"]["student"]["val_every"] == 2 for r in records if "student" in r["config"]
+    )
+    asked = ["--set", "student.val_every=1", "--set", "teacher.val_every=1"]
+    curves = GapSweep.main([*argv, *asked])  # curves in TensorBoard
+    assert [_validated_epochs(r) for r in curves if r["config"]["role"] == "kd"] == [[0, 1]]
+    # how often a teacher validates does not make it another teacher: still one cached
+    assert len(list((tmp_path / "cache" / "teachers").glob("*/model.pt"))) == 1
+
+
 def test_teacher_identity_ignores_student_settings():
     base = dataset_config("synthetic")
     kd = run_config(base, "kd", 0, {"gap": 0.2})
