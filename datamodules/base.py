@@ -226,7 +226,9 @@ def eval_rows(splits: dict[str, dict[str, Tensor]], floor: int) -> int:
     """
     evaluated = [t for s, t in splits.items() if s != "train"] or list(splits.values())
     rows = max(len(t["y"]) for t in evaluated)
-    row_bytes = max(sum(v[0].numel() * v.element_size() for v in t.values()) for t in evaluated)
+    row_bytes = max(
+        sum(math.prod(v.shape[1:]) * v.element_size() for v in t.values()) for t in evaluated
+    )
     return max(floor, min(rows, EVAL_BATCH_BYTES // max(row_bytes, 1)))
 
 

@@ -120,6 +120,8 @@ def test_eval_batches_default_to_the_whole_split_when_it_fits_the_memory_budget(
     assert base.eval_rows(splits, floor=16) == 30
     assert base.eval_rows(splits, floor=50) == 50  # never below the floor
     assert SyntheticDataModule(eval_batch_size=7, **SMALL).eval_batch_size == 7  # asked for
+    empty = {"val": {k: v[:0] for k, v in splits["val"].items()}, "train": splits["train"]}
+    assert base.eval_rows(empty, floor=16) == 16  # an empty split sizes nothing
 
 
 def test_ranks_take_disjoint_shards_that_cover_the_split():
