@@ -128,18 +128,24 @@ class _AngleLoss(torch.autograd.Function):
         sides = ctx.saved_tensors
         n = sides[0].shape[0]
         wanted = [k for k in (0, 1) if any(ctx.needs_input_grad[3 * k : 3 * k + 3])]
-        parts: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {k: [] for k in wanted}
+        # per side: the row blocks of d's and 1/d's gradients, and the running sum over blocks
+        # for d2's (each block touches all of it)
+        rows_d: dict[int, list[Tensor]] = {k: [] for k in wanted}
+        rows_inverse: dict[int, list[Tensor]] = {k: [] for k in wanted}
+        columns: dict[int, Tensor | float] = dict.fromkeys(wanted, 0.0)
         for rows in _blocks(n):
             diff, squares_s = _block_difference(sides, rows)
             slope = diff.clamp(-1.0, 1.0)  # d huber / d diff, symmetric in i, k
             for k in wanted:
                 squares = squares_s if k == 0 else _squares(sides[4][rows])
-                parts[k].append(_block_gradient(*sides[3 * k : 3 * k + 3], rows, slope, squares))
+                g = _block_gradient(*sides[3 * k : 3 * k + 3], rows, slope, squares)
+                rows_d[k].append(g[0])
+                rows_inverse[k].append(g[1])
+                columns[k] = columns[k] + g[2]
         out: list[Tensor | None] = [None] * 6
         for k in wanted:
-            g_d, g_inverse, g_columns = (list(p) for p in zip(*parts[k], strict=True))
             scale = (grad if k == 0 else -grad) / n**3
-            grads = (torch.cat(g_d), torch.cat(g_inverse), -0.5 * sum(g_columns))
+            grads = (torch.cat(rows_d[k]), torch.cat(rows_inverse[k]), -0.5 * columns[k])
             for m, g in enumerate(grads):
                 if ctx.needs_input_grad[3 * k + m]:
                     out[3 * k + m] = g * scale
