@@ -27,16 +27,21 @@ class CachedRows(ModelOutput):
         self._source, self._index, self._embedding_is_last = source, index, embedding_is_last
         self._rows: dict[str, Tensor | list[Tensor] | None] = {}
 
+    def _gather(self, source: Tensor) -> Tensor:
+        # index_select, not source[index]: the same rows, without advanced indexing's dispatch
+        # (about 10 us a tensor, every training step)
+        return source.index_select(0, self._index)
+
     @property
     def logits(self) -> Tensor:
         if "logits" not in self._rows:
-            self._rows["logits"] = self._source.logits[self._index]
+            self._rows["logits"] = self._gather(self._source.logits)
         return self._rows["logits"]
 
     @property
     def features(self) -> list[Tensor]:
         if "features" not in self._rows:
-            self._rows["features"] = [f[self._index] for f in self._source.features]
+            self._rows["features"] = [self._gather(f) for f in self._source.features]
         return self._rows["features"]
 
     @property
@@ -48,6 +53,6 @@ class CachedRows(ModelOutput):
             elif self._embedding_is_last:
                 rows = self.features[-1]
             else:
-                rows = source[self._index]
+                rows = self._gather(source)
             self._rows["embedding"] = rows
         return self._rows["embedding"]
