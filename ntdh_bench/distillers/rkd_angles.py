@@ -47,8 +47,9 @@ def angle_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
 def cosines(e: Tensor) -> Tensor:
     """The whole ``(B, B, B)`` float64 tensor of cosines ``a[j, i, k]``, for inspection and
     tests; the loss never builds it."""
-    d, inverse, d2 = _sides(e)
-    return _block_cosines(d, inverse, d2, slice(0, len(e)))
+    sides = _sides(e)
+    nothing = tuple(torch.zeros_like(t) for t in sides)  # a "teacher" whose cosines are all 0
+    return _block_difference((*sides, *nothing), slice(0, len(e)))[0]
 
 
 def _sides(e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -74,24 +75,17 @@ def _blocks(n: int) -> list[slice]:
     return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
-def _block_cosines(d: Tensor, inverse: Tensor, d2: Tensor, rows: slice) -> Tensor:
-    """The cosines at the vertices ``j`` in ``rows``. With ``q = d_j.`` and ``p = 1 / d_j.``,
-    ``a[j] = (q p^T + p q^T - d2 * p p^T) / 2`` (the law of cosines, divided by
-    ``d_ji d_jk``)."""
-    q, p = d[rows], inverse[rows]
-    outer = torch.stack([q, p], dim=2) @ torch.stack([p, q], dim=1)
-    return (outer - _squares(p) * d2) * 0.5
-
-
 def _squares(p: Tensor) -> Tensor:
     """``p p^T`` for each row block ``p`` of ``1 / d``."""
     return p.unsqueeze(2) * p.unsqueeze(1)
 
 
 def _block_difference(sides: tuple[Tensor, ...], rows: slice) -> tuple[Tensor, Tensor]:
-    """Student's minus teacher's cosines at the vertices in ``rows``, and the student's
-    ``p p^T`` (its backward needs it): both sides' outer products in one batched product,
-    then the ``d2`` terms added, five passes over the block in all."""
+    """Student's minus teacher's cosines at the vertices ``j`` in ``rows``, and the student's
+    ``p p^T`` (its backward needs it). With ``q = d_j.`` and ``p = 1 / d_j.``, a side's
+    cosines are ``a[j] = (q p^T + p q^T - d2 * p p^T) / 2`` (the law of cosines divided by
+    ``d_ji d_jk``): both sides' outer products in one batched product, then the ``d2`` terms
+    added, five passes over the block in all."""
     (q_s, p_s, d2_s), (q_t, p_t, d2_t) = (
         (d[rows], inverse[rows], d2) for d, inverse, d2 in (sides[:3], sides[3:])
     )
