@@ -19,7 +19,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import lightning as L
@@ -145,6 +145,28 @@ class TensorBatchLoader:
         self.world_size = world_size
         self.sampler = _EpochSeed()
         self.batch_sampler = None  # Lightning inspects loaders for both attributes
+        # ``index`` as every split has it (``check_split``: the row numbers) is the batch's
+        # row numbers themselves: handed out as they are, not gathered
+        index = tensors.get("index")
+        self._index_is_rows = index is not None and torch.equal(
+            index, torch.arange(self.num_samples, device=index.device)
+        )
+
+    def without(self, keys: Iterable[str]) -> TensorBatchLoader:
+        """The same batches without ``keys`` (a module that never reads them saves their
+        gather each step); ``y`` stays, it sizes every batch."""
+        drop = set(keys) - {"y"}
+        loader = TensorBatchLoader(
+            {k: v for k, v in self.tensors.items() if k not in drop},
+            self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        loader.sampler = self.sampler  # Lightning's set_epoch reaches the loader it was given
+        return loader
 
     @property
     def _per_rank(self) -> int:
@@ -176,7 +198,10 @@ class TensorBatchLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             # index_select, not v[idx]: the same rows, without advanced indexing's 10 us of
             # dispatch per tensor (a third of a small MLP's step)
-            yield {k: v.index_select(0, idx) for k, v in self.tensors.items()}
+            yield {
+                k: idx if k == "index" and self._index_is_rows else v.index_select(0, idx)
+                for k, v in self.tensors.items()
+            }
 
 
 class WholeEpoch:
@@ -310,8 +335,10 @@ class PairedDataModule(L.LightningDataModule):
         if trainer is None or not isinstance(loader, TensorBatchLoader):
             return loader
         fitting = trainer.state.fn == "fit" and trainer.state.status == "running"
-        if fitting and getattr(trainer.lightning_module, "whole_epoch_steps", False):
-            return WholeEpochLoader(loader)
+        module = trainer.lightning_module
+        if fitting and getattr(module, "whole_epoch_steps", False):
+            unread = getattr(module, "keys_unread_in_training", None)
+            return WholeEpochLoader(loader.without(unread()) if unread is not None else loader)
         return loader
 
     def val_dataloader(self) -> Any:

@@ -25,6 +25,79 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+class EpochMeans:
+    """Sample-weighted epoch means ``sum_b n_b v_b / sum_b n_b`` of training values.
+
+    Each step's value is kept as it comes, detached (one operation a value and step, no
+    device sync); the weighted sums are formed once, when :meth:`means` is read. Plain
+    numbers (a float the step already knows) are summed as numbers.
+    """
+
+    #: values kept per name before they are folded into one partial sum (bounded memory)
+    FOLD_AT = 4096
+
+    def __init__(self) -> None:
+        self._tensors: dict[str, list[Tensor]] = {}
+        self._weights: dict[str, list[int]] = {}
+        self._floats: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, value: Tensor | float, n: int) -> None:
+        """Add ``value`` of a batch of ``n`` items to the mean of ``name``."""
+        self._counts[name] = self._counts.get(name, 0) + n
+        if not isinstance(value, Tensor):
+            self._floats[name] = self._floats.get(name, 0.0) + value * n
+            return
+        tensors = self._tensors.setdefault(name, [])
+        weights = self._weights.setdefault(name, [])
+        tensors.append(value.detach())
+        weights.append(n)
+        if len(tensors) >= self.FOLD_AT:  # kept as one value: their mean, weighing their count
+            count = sum(weights)
+            tensors[:] = [self._weighted_sum(tensors, weights) / count]
+            weights[:] = [count]
+
+    @staticmethod
+    def _weighted_sum(tensors: list[Tensor], weights: list[int]) -> Tensor:
+        stacked = torch.stack(tensors)
+        return stacked @ torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
+
+    def means(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
+        """Every name's mean so far, as a 0-dim tensor (on ``device`` for plain numbers)."""
+        out: dict[str, Tensor] = {}
+        stacked = self._stacked_means()
+        for name, n in self._counts.items():
+            if name in stacked:
+                out[name] = stacked[name]
+                continue
+            tensors = self._tensors.get(name, [])
+            if len(tensors) == 1 and name not in self._floats:
+                out[name] = tensors[0]  # one batch (a full-batch epoch): its value is the mean
+                continue
+            total: Tensor | float = self._floats.get(name, 0.0)
+            if tensors:
+                total = self._weighted_sum(tensors, self._weights[name]) + total
+            out[name] = torch.as_tensor(total / n, device=device)
+        return out
+
+    def _stacked_means(self) -> dict[str, Tensor]:
+        """The means of the names that hold only tensors, all of one batch sequence (every
+        loss term of a training step), in one weighted sum: a handful of operations an
+        epoch instead of a handful per name."""
+        names = [k for k in self._tensors if k not in self._floats]
+        if not names:
+            return {}
+        weights = self._weights[names[0]]
+        if len(weights) < 2 or any(self._weights[k] != weights for k in names):
+            return {}
+        rows = torch.stack([v for k in names for v in self._tensors[k]]).view(len(names), -1)
+        means = rows @ torch.tensor(weights, dtype=rows.dtype, device=rows.device)
+        return dict(zip(names, means.div_(sum(weights)).unbind(), strict=True))
+
+    def __bool__(self) -> bool:
+        return bool(self._counts)
+
+
 def direct_logging(trainer: L.Trainer) -> bool:
     """Whether epoch values of this moment of ``trainer`` may bypass ``self.log``."""
     return (

@@ -40,6 +40,7 @@ from datamodules.base import IGNORE_INDEX, WholeEpoch
 from models.base import ModelOutput
 from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.epoch_metrics import (
+    EpochMeans,
     direct_logging,
     epoch_log_step,
     log_epoch_values,
@@ -106,19 +107,12 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         self.stage_metrics = nn.ModuleDict(
             {stage: task_metric(task, num_classes) for stage in ("val", "test")}
         )
-        self._epoch_sums: dict[str, list[Tensor]] = {}
+        self._epoch_sums = EpochMeans()
         self._unwritten_means: dict[str, Tensor] = {}
 
     def _accumulate(self, name: str, value: Tensor | float, batch: dict[str, Tensor]) -> None:
         """Add a training batch's ``value`` to the epoch mean of ``name`` (no device sync)."""
-        n = len(batch["y"])
-        value = value.detach() * n if isinstance(value, Tensor) else value * n
-        total = self._epoch_sums.get(name)
-        if total is None:
-            self._epoch_sums[name] = [value, n]
-        else:
-            total[0] = total[0] + value
-            total[1] += n
+        self._epoch_sums.add(name, value, len(batch["y"]))
 
     def _is_last_batch(self, batch_idx: int) -> bool:
         trainer = self._trainer
@@ -133,11 +127,8 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         :mod:`ntdh_bench.epoch_metrics`)."""
         if not self._is_last_batch(batch_idx):
             return
-        means = {  # a float sum stays a float
-            name: torch.as_tensor(total / n, device=self.device)
-            for name, (total, n) in self._epoch_sums.items()
-        }
-        self._epoch_sums = {}
+        means = self._epoch_sums.means(self.device)
+        self._epoch_sums = EpochMeans()
         if self._trainer is not None and direct_logging(self._trainer):
             publish(self._trainer, means)
             self._unwritten_means = means
@@ -146,7 +137,7 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
             self.log(name, mean, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
 
     def on_train_epoch_start(self) -> None:
-        self._epoch_sums = {}
+        self._epoch_sums = EpochMeans()
 
     def on_train_epoch_end(self) -> None:
         """The epoch's training means reach the loggers where Lightning would write them."""
@@ -237,6 +228,10 @@ class UnimodalModule(_SupervisedBase):
     def forward(self, x: Tensor) -> ModelOutput:
         return self.model(x)
 
+    def keys_unread_in_training(self) -> frozenset[str]:
+        """The other modality and the row index: the loss reads one input and the labels."""
+        return frozenset({"xa", "xb", "index"} - {self.modality})
+
     def training_loss(self, batch: dict[str, Tensor]) -> Tensor:
         loss = self._cross_entropy(self.model(batch[self.modality]).logits, batch)
         self._accumulate("train/ce", loss, batch)
@@ -323,6 +318,10 @@ class CrossModalKD(_SupervisedBase):
     @torch.no_grad()
     def _run_teacher(self, xa: Tensor) -> ModelOutput:
         return self.teacher(xa).detach()
+
+    def keys_unread_in_training(self) -> frozenset[str]:
+        """``xa`` once the teacher's training outputs are cached (served by ``index``)."""
+        return frozenset({"xa"}) if "train" in self._teacher_cache else frozenset()
 
     def teacher_output(self, batch: dict[str, Tensor], split: str) -> ModelOutput:
         """The teacher's output for a batch: from the cache when there is one."""
@@ -435,7 +434,8 @@ class CrossModalKD(_SupervisedBase):
         for weighting in self.distill_weightings:
             batch = self._weighted(weighting, student_out, teacher_out, batch)
         terms = self.distiller(student_out, teacher_out, batch)
-        distill = torch.stack(list(terms.values())).sum()
+        values = list(terms.values())
+        distill = values[0] if len(values) == 1 else torch.stack(values).sum()
         for name, value in terms.items():
             self._accumulate(f"train/{name}", value, batch)
         lam, ce_weight = self.hparams.lam, self.hparams.ce_weight

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.logger import _add_prefix
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
+from lightning.pytorch.utilities import rank_zero_only
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor, nn
 
 from ntdh_bench.checkpointing import EpochCheckpoint, remove_checkpoint, resumable_checkpoint
 from ntdh_bench.guards import FiniteLossGuard, default_guards
@@ -115,6 +118,19 @@ class RunLogger(TensorBoardLogger):
         super().__init__(*args, **kwargs)
         self._last_save = -math.inf
 
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Scalars logged together become one event with a value per tag (readers see the same
+        points as from one ``add_scalar`` each, at a third of the cost: a run of 1000 one-batch
+        epochs logs four values each epoch); anything else goes the usual way."""
+        values = _add_prefix(metrics, self._prefix, self.LOGGER_JOIN_CHAR)
+        scalars = {k: _scalar(v) for k, v in values.items()}
+        if step is None or any(v is None for v in scalars.values()):
+            super().log_metrics(metrics, step)
+            return
+        summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
+        self.experiment._get_file_writer().add_summary(summary, step, time.time())
+
     def save(self) -> None:
         now = time.monotonic()
         if now - self._last_save < self.save_every_s:
@@ -129,6 +145,15 @@ class RunLogger(TensorBoardLogger):
     def close(self) -> None:
         self._last_save = -math.inf  # the final save always writes
         super().finalize("success")
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a float when it is one number (a 0-dim tensor, an int, a float)."""
+    if isinstance(value, Tensor):
+        return float(value) if value.numel() == 1 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def make_trainer(

@@ -119,6 +119,13 @@ class WholeEpochSteps:
         )
         self.automatic_optimization = not self.whole_epoch_steps
 
+    def keys_unread_in_training(self) -> frozenset[str]:
+        """Batch keys this module's whole-epoch training never reads: the datamodule leaves
+        them out of the training batches (each is a gather per step). Read when the training
+        loader is built, after ``on_fit_start``; per-step callbacks, which could read any key,
+        rule whole-epoch steps out (:func:`whole_epoch_obstacle`)."""
+        return frozenset()
+
     def step_batches(self, batch: Any, batch_loss: Callable[[Any], Tensor]) -> Tensor | None:
         """Under automatic optimisation the batch's loss, for Lightning to optimise; else
         train on every batch of the epoch (or on this one batch) here and return None."""

@@ -14,7 +14,7 @@ from models import MLP, build_model
 from ntdh_bench.callbacks import DivergenceMonitor
 from ntdh_bench.distillers import build_distiller
 from ntdh_bench.ensemble import EnsembleModule, StackedSplit
-from ntdh_bench.module import CrossModalKD
+from ntdh_bench.module import CrossModalKD, UnimodalModule
 from ntdh_bench.optimizers import build_optimizer
 from ntdh_bench.torch_env import NVML_CHECK_VARIABLE, skip_failing_nvml_probe
 from ntdh_bench.training import DeviceConfig, make_trainer, quiet_lightning
@@ -68,6 +68,40 @@ def test_whole_epoch_steps_train_what_the_per_step_loop_trains(tiny_synthetic, t
         fast_points, slow_points = _scalars(fast_trainer, tag), _scalars(slow_trainer, tag)
         assert [s for s, _ in fast_points] == [s for s, _ in slow_points] == [6, 13, 20], tag
         assert [v for _, v in fast_points] == pytest.approx([v for _, v in slow_points], abs=1e-6)
+
+
+def _batch_keys(module: L.LightningModule) -> list[set[str]]:
+    """Record the keys of every batch ``module``'s training loss is given."""
+    seen: list[set[str]] = []
+    loss = module.training_loss
+
+    def recording(batch):
+        seen.append(set(batch))
+        return loss(batch)
+
+    module.training_loss = recording
+    return seen
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_whole_epoch_batches_leave_out_what_the_module_never_reads(tiny_synthetic, whole):
+    # Red if the teacher's input were gathered each step although its outputs are cached,
+    # if a key the loss reads went missing, or if the per-step loop (where any callback
+    # may read any key) lost one. The trained weights' agreement is the test above.
+    kd = _kd_module(whole)
+    unimodal = UnimodalModule(build_model("mlp", (50,), 4), 4, modality="xb", whole_epochs=whole)
+    full = {"xa", "xb", "y", "index"}
+    expected = {id(kd): {"xb", "y", "index"}, id(unimodal): {"xb", "y"}}
+    for module in (kd, unimodal):
+        seen = _batch_keys(module)
+        trainer = make_trainer(1, DeviceConfig())
+        with quiet_lightning():
+            trainer.fit(module, tiny_synthetic)
+        assert len(seen) == 7
+        assert all(keys == (expected[id(module)] if whole else full) for keys in seen)
+    assert kd.keys_unread_in_training() == {"xa"}
+    kd._teacher_cache = {}
+    assert kd.keys_unread_in_training() == set()  # the teacher then runs on xa each step
 
 
 class _EveryBatch(L.Callback):

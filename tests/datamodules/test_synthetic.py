@@ -103,6 +103,21 @@ def test_train_loader_visits_every_sample_once_per_epoch_in_a_seeded_order():
     assert torch.equal(batch["xb"], xb_rows)  # rows stay paired with their index
 
 
+def test_a_loader_without_keys_gives_the_same_batches_less_those_keys():
+    # Red if leaving keys out changed the order (a new sampler would not see set_epoch),
+    # dropped the labels that size each batch, or handed out other rows as ``index``.
+    dm = SyntheticDataModule(batch_size=64, seed=5, **SMALL)
+    loader = dm.train_dataloader()
+    lean = loader.without({"xa", "y"})
+    loader.sampler.set_epoch(3)
+    for batch, kept in zip(loader, lean, strict=True):
+        assert set(kept) == {"xb", "y", "index"}
+        for key, value in kept.items():
+            assert torch.equal(value, batch[key]), key
+    rows = dm.split_tensors("train")
+    assert torch.equal(batch["xa"], rows["xa"][batch["index"]])
+
+
 def test_eval_loader_is_ordered():
     dm = SyntheticDataModule(eval_batch_size=100, **SMALL)
     indices = torch.cat([b["index"] for b in dm.test_dataloader()]).tolist()
