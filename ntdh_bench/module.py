@@ -31,13 +31,13 @@ import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from datamodules.base import IGNORE_INDEX, WholeEpoch
 from models.base import ModelOutput
+from ntdh_bench.cross_entropy import cross_entropy
 from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.epoch_metrics import (
     EpochMeans,
@@ -165,7 +165,7 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         return loss
 
     def _cross_entropy(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
+        return cross_entropy(logits, _labels(batch), ignore_index=IGNORE_INDEX)
 
     def _log_task_metric(self, stage: str, logits: Tensor, batch: dict[str, Tensor]) -> None:
         """Update the stage's task metric; it is logged once, at the epoch's end."""

@@ -24,7 +24,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -33,6 +32,7 @@ from datamodules.base import IGNORE_INDEX, WholeEpoch, WholeEpochLoader
 from models import MLP
 from models.base import ModelOutput
 from ntdh_bench.callbacks import DEFAULT_HISTORY, DIVERGENCES
+from ntdh_bench.cross_entropy import per_sample_cross_entropy
 from ntdh_bench.distillers.base import Distiller
 from ntdh_bench.divergence import divergence_report
 from ntdh_bench.guards import divergence_factor, divergence_message
@@ -251,11 +251,8 @@ class EnsembleModule(WholeEpochSteps, L.LightningModule):
         the run's loss."""
         student = self.forward_all(params, x)
         members, batch, classes = student.logits.shape
-        ce = F.cross_entropy(
-            student.logits.reshape(members * batch, classes),
-            y.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
+        ce = per_sample_cross_entropy(
+            student.logits.reshape(members * batch, classes), y.reshape(-1), IGNORE_INDEX
         )
         ce = ce.view(members, batch).mean(dim=1)  # classification: no ignored label
         if self.distiller is None:
