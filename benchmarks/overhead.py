@@ -13,9 +13,11 @@ The plain loop's test accuracy is printed next to the suite's: equal up to float
 both sides did the same computation.
 
 The teacher is trained once before timing (it is cached; both sides read it). Each side runs
-``--repeats`` times, alternating, single-threaded (the machine is shared); the ratio is
-``median(suite) / median(plain)`` of the process's CPU time (``time.process_time``, which a
-busy machine does not inflate) and of the wall time.
+``--repeats`` times, alternating, single-threaded (the machine is shared); the ratio is the
+median over the repetitions of ``suite / plain``, each pair run back to back (this machine's
+speed drifts by 10 to 30% within minutes, which a ratio of separate medians would mix in), of
+the process's CPU time (``time.process_time``, which a busy machine does not inflate) and of
+the wall time. The times printed are the medians of each side.
 
     python benchmarks/overhead.py [--quick] [--repeats 3]
         [--configs synthetic synthetic-fig3 released digits]
@@ -161,8 +163,9 @@ def measure(name: str, quick: bool, repeats: int, root: Path) -> dict[str, float
         for side, runs in times.items()
         for i, clock in enumerate(("cpu", "wall"))
     }
-    med["ratio_cpu"] = med["suite_cpu"] / med["plain_cpu"]
-    med["ratio_wall"] = med["suite_wall"] / med["plain_wall"]
+    for i, clock in enumerate(("cpu", "wall")):  # each pair ran back to back: same machine
+        pairs = zip(times["suite"], times["plain"], strict=True)
+        med[f"ratio_{clock}"] = statistics.median(s[i] / p[i] for s, p in pairs)
     med["suite_acc"], med["plain_acc"] = times["suite"][-1][2], times["plain"][-1][2]
     return med
 
@@ -170,7 +173,7 @@ def measure(name: str, quick: bool, repeats: int, root: Path) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs (make bench)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args()
