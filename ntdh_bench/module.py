@@ -171,7 +171,7 @@ class _SupervisedBase(WholeEpochSteps, L.LightningModule):
         """Update the stage's task metric; it is logged once, at the epoch's end."""
         self.stage_metrics[stage].update(logits, _labels(batch))
 
-    def _stage_metrics(self, stage: str) -> dict[str, Metric]:
+    def _stage_metrics(self, stage: str) -> dict[str, Metric | Tensor]:
         """The stage's torchmetrics by logged name."""
         return {f"{stage}/{self.metric_name}": self.stage_metrics[stage]}
 
@@ -294,6 +294,7 @@ class CrossModalKD(_SupervisedBase):
             )
         self._teacher_cache: dict[str, ModelOutput] = {}
         self._embedding_is_last: set[str] = set()  # splits whose embedding is features[-1]
+        self._teacher_scores: dict[str, Tensor] = {}  # per split, while its outputs are cached
 
     def add_distill_weighting(self, weighting: SampleWeighting) -> None:
         """Weigh every training batch's distillation term with ``weighting`` (Algorithm 2)."""
@@ -331,7 +332,7 @@ class CrossModalKD(_SupervisedBase):
         return self._run_teacher(self.teacher_input(batch))
 
     def _fill_teacher_cache(self) -> None:
-        self._teacher_cache, self._embedding_is_last = {}, set()
+        self._teacher_cache, self._embedding_is_last, self._teacher_scores = {}, set(), {}
         dm = getattr(self.trainer, "datamodule", None)
         if not self.hparams.cache_teacher or self.teacher is None:
             return
@@ -465,14 +466,31 @@ class CrossModalKD(_SupervisedBase):
         if self.teacher is None:
             return {"student": student_out, "teacher": None}
         teacher_out = self.teacher_output(batch, stage)
-        self.teacher_metrics[stage].update(teacher_out.logits, _labels(batch))
+        if stage not in self._teacher_scores:
+            self.teacher_metrics[stage].update(teacher_out.logits, _labels(batch))
         return {"student": student_out, "teacher": teacher_out}
 
-    def _stage_metrics(self, stage: str) -> dict[str, Metric]:
+    def _stage_metrics(self, stage: str) -> dict[str, Metric | Tensor]:
         metrics = super()._stage_metrics(stage)
         if self.teacher is not None:
-            metrics[f"{stage}/teacher_{self.metric_name}"] = self.teacher_metrics[stage]
+            metrics[f"{stage}/teacher_{self.metric_name}"] = self._teacher_score(stage)
         return metrics
+
+    def _teacher_score(self, stage: str) -> Metric | Tensor:
+        """The teacher's metric for the stage: while its outputs on the split are cached they
+        are the same every epoch, and so is the score, computed once and then reused; else
+        the torchmetrics object, computed by the caller."""
+        score = self._teacher_scores.get(stage)
+        if score is not None:
+            return score
+        metric = self.teacher_metrics[stage]
+        trainer = self._trainer
+        sanity = trainer is not None and trainer.sanity_checking  # a few batches only
+        if stage not in self._teacher_cache or sanity or not metric.update_called:
+            return metric
+        score = self._teacher_scores[stage] = torch.as_tensor(metric.compute())
+        metric.reset()
+        return score
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict:
         """Both networks' outputs, for :class:`ntdh_bench.callbacks.DivergenceMonitor`."""

@@ -125,6 +125,36 @@ def test_cached_and_recomputed_teacher_outputs_give_the_same_metrics(tiny_synthe
         assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_the_teachers_score_is_its_accuracy_every_epoch_and_computed_once_when_cached(
+    tiny_synthetic, lean_trainer, cache
+):
+    # Red if the reused score were another split's or stale after the cache is refilled, or
+    # if a cached teacher were still scored every epoch (its outputs do not change).
+    teacher, student = _nets(seed=1)
+    module = CrossModalKD(student, teacher, build_distiller("kd"), 4, cache_teacher=cache)
+    updates = []
+    metric = module.teacher_metrics["val"]
+    update = metric.update
+    metric.update = lambda *args: updates.append(1) or update(*args)
+    seen = []
+    history = type("History", (L.Callback,), {})()
+    history.on_validation_end = lambda trainer, _: seen.append(
+        float(trainer.callback_metrics["val/teacher_acc"])
+    )
+    trainer = lean_trainer(max_epochs=3, callbacks=[history])
+    with quiet_lightning():
+        trainer.fit(module, tiny_synthetic)
+        tested = trainer.test(module, tiny_synthetic, verbose=False)[0]
+    val, test = tiny_synthetic.split_tensors("val"), tiny_synthetic.split_tensors("test")
+    with torch.no_grad():
+        expected_val = (teacher(val["xa"]).logits.argmax(1) == val["y"]).float().mean()
+        expected_test = (teacher(test["xa"]).logits.argmax(1) == test["y"]).float().mean()
+    assert seen == pytest.approx([float(expected_val)] * 3)
+    assert tested["test/teacher_acc"] == pytest.approx(float(expected_test))
+    assert len(updates) == (1 if cache else 3)
+
+
 def test_unimodal_module_learns_the_teacher_modality(tiny_synthetic, lean_trainer):
     L.seed_everything(0, verbose=False)
     module = UnimodalModule(build_model("mlp", (50,), 4), 4, modality="xa", lr=1e-2)
