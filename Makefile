@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+# the claims page reads the results folder the experiments wrote (--results-dir in ARGS)
+RESULTS_DIR_ARG = $(shell echo '$(ARGS)' | grep -oE -- '--results-dir[= ][^ ]+')
 
 .PHONY: install test test-slow lint format demo claims fig3 fig6 fig8 table1 table2 table3 table4 tensorboard bench clean help
 
@@ -40,7 +42,7 @@ demo: $(STAMP)  ## Figs. 3, 6 and 8 on synthetic data, quick size, each paper cl
 	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/weight_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
 	$(PY) experiments/mask_sweep.py --dataset synthetic --workers $(WORKERS) $(ARGS)
-	$(VENV)/bin/ntdh claims
+	$(VENV)/bin/ntdh claims $(RESULTS_DIR_ARG)
 
 fig3: $(STAMP)  ## Fig. 3: KD against the domain gap (ARGS="--full --seeds 5" for the paper's size)
 	$(PY) experiments/gap_sweep.py --workers $(WORKERS) $(ARGS)
@@ -66,7 +68,7 @@ table4: $(STAMP)  ## Table IV: PMF- and 2DPASS-style systems x sample masks (GPU
 	$(PY) experiments/table4.py $(ARGS)
 
 claims: $(STAMP)  ## results/CLAIMS.md: every verdict of every finished experiment, one page
-	$(VENV)/bin/ntdh claims
+	$(VENV)/bin/ntdh claims $(RESULTS_DIR_ARG)
 
 tensorboard: $(STAMP)  ## open the TensorBoard logs of every run
 	$(VENV)/bin/tensorboard --logdir runs
