@@ -65,11 +65,7 @@ class EpochMeans:
     def means(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
         """Every name's mean so far, as a 0-dim tensor (on ``device`` for plain numbers)."""
         out: dict[str, Tensor] = {}
-        stacked = self._stacked_means()
         for name, n in self._counts.items():
-            if name in stacked:
-                out[name] = stacked[name]
-                continue
             tensors = self._tensors.get(name, [])
             if len(tensors) == 1 and name not in self._floats:
                 out[name] = tensors[0]  # one batch (a full-batch epoch): its value is the mean
@@ -79,23 +75,6 @@ class EpochMeans:
                 total = self._weighted_sum(tensors, self._weights[name]) + total
             out[name] = torch.as_tensor(total / n, device=device)
         return out
-
-    def _stacked_means(self) -> dict[str, Tensor]:
-        """The means of the names that hold only tensors, all of one batch sequence (every
-        loss term of a training step), in one weighted sum: a handful of operations an
-        epoch instead of a handful per name."""
-        names = [k for k in self._tensors if k not in self._floats]
-        if not names:
-            return {}
-        weights = self._weights[names[0]]
-        if len(weights) < 2 or any(self._weights[k] != weights for k in names):
-            return {}
-        rows = torch.stack([v for k in names for v in self._tensors[k]]).view(len(names), -1)
-        means = rows @ torch.tensor(weights, dtype=rows.dtype, device=rows.device)
-        return dict(zip(names, means.div_(sum(weights)).unbind(), strict=True))
-
-    def __bool__(self) -> bool:
-        return bool(self._counts)
 
 
 def direct_logging(trainer: L.Trainer) -> bool:

@@ -59,12 +59,10 @@ def test_epoch_means_weigh_each_batch_by_its_size(monkeypatch):
     # number lost, or folding the kept values changed the sum.
     def fill() -> dict[str, float]:
         means = epoch_metrics.EpochMeans()
-        assert not means
         for value, n in ((1.0, 1), (3.0, 3), (5.0, 4)):
             means.add("loss", torch.tensor(value), n)
             means.add("kd", torch.tensor(-2 * value), n)
             means.add("fraction", value / 10, n)
-        assert means
         return {k: float(v) for k, v in means.means().items()}
 
     mean = (1 * 1 + 3 * 3 + 5 * 4) / 8
