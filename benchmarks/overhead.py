@@ -19,7 +19,7 @@ speed drifts by 10 to 30% within minutes, which a ratio of separate medians woul
 the process's CPU time (``time.process_time``, which a busy machine does not inflate) and of
 the wall time. The times printed are the medians of each side.
 
-    python benchmarks/overhead.py [--quick] [--repeats 3]
+    python benchmarks/overhead.py [--quick] [--repeats 5]
         [--configs synthetic synthetic-fig3 released digits]
 """
 
