@@ -55,8 +55,8 @@ def test_direct_epoch_logs_equal_lightnings_own(tiny_synthetic, tmp_path, monkey
 
 
 def test_epoch_means_weigh_each_batch_by_its_size(monkeypatch):
-    # Red if a batch's size were ignored (plain mean 2.0), a value counted twice, a plain
-    # number lost, or folding the kept values changed the sum.
+    # Red if a batch's size were ignored (the plain mean is 3.0, not 3.75), a value counted
+    # twice, a plain number lost, or folding the kept values changed the sum.
     def fill() -> dict[str, float]:
         means = epoch_metrics.EpochMeans()
         for value, n in ((1.0, 1), (3.0, 3), (5.0, 4)):
