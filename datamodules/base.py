@@ -14,6 +14,7 @@ DataLoaders.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -156,16 +157,8 @@ class TensorBatchLoader:
         """The same batches without ``keys`` (a module that never reads them saves their
         gather each step); ``y`` stays, it sizes every batch."""
         drop = set(keys) - {"y"}
-        loader = TensorBatchLoader(
-            {k: v for k, v in self.tensors.items() if k not in drop},
-            self.batch_size,
-            shuffle=self.shuffle,
-            drop_last=self.drop_last,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-        loader.sampler = self.sampler  # Lightning's set_epoch reaches the loader it was given
+        loader = copy.copy(self)  # the same settings and sampler (Lightning's set_epoch)
+        loader.tensors = {k: v for k, v in self.tensors.items() if k not in drop}
         return loader
 
     @property
