@@ -13,15 +13,20 @@ shaped like the authors' released ``sklearn/main.py``.
    released script's shape: per cell the teacher, the no-KD student and the KD student trained
    one after another, evaluated once at the end, in a fresh process. The loop runs twice, with
    one torch thread and with torch's default (one per core, as the script runs when started
-   by hand); the speed-up is against the faster of the two.
+   by hand); the speed-up is against the faster of the two. With ``--authors-repo`` (a
+   checkout of github.com/elonchern/Non-target-Divergence-Hypothesis; not fetched here: CI has
+   no internet) the authors' ``sklearn/main.py`` itself is timed on the CPU, on the same 30
+   networks (:func:`authors_script` says what is skipped and why), with torch's threads as it
+   runs by hand.
 
 Target (issue 14): the Fig. 3 grid at least 10x faster with ensembles than one by one, and the
-released gap sweep at least 2x faster than the released script's loop. Wall time is the
+released gap sweep at least 2x faster than the authors' script. Wall time is the
 target's measure; CPU time (the commands' children, ``getrusage``) is printed too because the
 machine is shared. Every suite command runs with one thread per process
 (``OMP_NUM_THREADS=1``). Median of ``--repeats``, alternating.
 
     python benchmarks/ensemble_sweep.py [--quick] [--repeats 3] [--parts fig3 released]
+    python benchmarks/ensemble_sweep.py --parts released --authors-repo ~/src/ntdh-authors
 """
 
 from __future__ import annotations
@@ -107,19 +112,29 @@ def released(args: argparse.Namespace, tmp: Path) -> None:
     plain = [sys.executable, __file__, "--released-loop", "--epochs", epochs]
     workers = str(args.released_workers)
     times: dict[str, list[tuple[float, float]]] = {"suite": [], "loop-1": [], "loop-default": []}
+    authors = [sys.executable, __file__, "--authors-child", str(args.authors_repo)]
     for r in range(args.repeats):
         times["suite"].append(sweep(tmp / f"rel-{r}", [*grid, *schedule, "--workers", workers]))
         times["loop-1"].append(run_command(plain))
         times["loop-default"].append(run_command(plain, one_thread=False))
+        if args.authors_repo and not args.quick:  # their script has no shorter schedule
+            times.setdefault("authors", []).append(run_command(authors, one_thread=False))
     sw, sc = median_pair(times["suite"])
     print(f"Released-protocol gap sweep (5 gaps x 2 seeds x 3 networks, {epochs} epochs)")
     loops = {name: median_pair(times[name]) for name in ("loop-1", "loop-default")}
     for name, (pw, pc) in loops.items():
         threads = "1 thread" if name == "loop-1" else "torch's threads"
         print(f"  released-script loop, {threads:<15} wall {pw:7.1f} s  cpu {pc:7.1f} s")
+    if "authors" in times:
+        aw, ac = median_pair(times["authors"])
+        print(f"  the authors' sklearn/main.py (CPU)     wall {aw:7.1f} s  cpu {ac:7.1f} s")
     print(f"  suite, ensembles, --workers {workers:<9} wall {sw:7.1f} s  cpu {sc:7.1f} s")
     best = min(pw for pw, _ in loops.values())
-    print(f"  speed-up over the faster loop          wall {best / sw:6.1f}x   (target >= 2x)")
+    print(f"  speed-up over the faster loop          wall {best / sw:6.1f}x")
+    if "authors" in times:
+        print(f"  speed-up over the authors' script      wall {aw / sw:6.1f}x   (target >= 2x)")
+    else:
+        print("  (target >= 2x against the authors' script: pass --authors-repo to time it)")
 
 
 def released_loop(epochs: int) -> None:
@@ -163,6 +178,45 @@ def released_loop(epochs: int) -> None:
                     (net(x).logits.argmax(1) == te["y"]).float().mean()
 
 
+def authors_script(repo: Path) -> None:
+    """The authors' released ``sklearn/main.py`` as its ``__main__`` runs it,
+    ``exp(seed=42, n_runs=2, distill='kl')``: 5 gaps x 2 runs, each training the teacher, the KD
+    student and the no-KD student (full-batch SGD, 1000 epochs). Their code runs unchanged on
+    the CPU (it hard-codes ``cuda:0``: the module's ``device`` is set to the CPU and
+    ``Tensor.cuda`` returns its tensor, for the CRD memory their ``train_kd`` builds and does not
+    use under ``kl``). Each run's second half, Algorithm 1 and the masked teacher and student,
+    is skipped (its functions return placeholders) so that the script trains the same 30
+    networks as the suite's sweep."""
+    import contextlib
+    import importlib
+    import io
+
+    import numpy as np
+    import torch
+
+    sys.argv = sys.argv[:1]  # their train_kd parses the command line on every call
+    sys.path.insert(0, str(repo / "sklearn"))
+    main = importlib.import_module("main")
+    main.device = torch.device("cpu")
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    train, train_kd = main.train, main.train_kd
+    mask_dim = main.parse_option().mask_dim
+
+    def gap_train(seed, mod, *args, **kwargs):  # the masked teacher has mask_dim inputs
+        return (None, 0.0) if mod == mask_dim else train(seed, mod, *args, **kwargs)
+
+    def gap_train_kd(seed, mod, teacher, x1, *args, **kwargs):
+        if x1.shape[1] == mask_dim:  # the student of the masked teacher
+            return 0.0, None, None, None
+        return train_kd(seed, mod, teacher, x1, *args, **kwargs)
+
+    main.train, main.train_kd = gap_train, gap_train_kd
+    main.train_for_overlap_tag = lambda *args, **kwargs: (None, None)
+    main.cal_overlap_tag = lambda *args, **kwargs: (np.arange(mask_dim), np.arange(mask_dim))
+    with contextlib.redirect_stdout(io.StringIO()):
+        main.exp(seed=42, n_runs=2, distill="kl")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller grids (make bench)")
@@ -177,12 +231,25 @@ def main() -> None:
         help="passed to the released-protocol sweep (default: one per core, as make runs it)",
     )
     parser.add_argument("--parts", nargs="+", default=["fig3", "released"])
+    parser.add_argument(
+        "--authors-repo",
+        type=Path,
+        default=None,
+        help="a checkout of github.com/elonchern/Non-target-Divergence-Hypothesis: the released "
+        "part then also times the authors' sklearn/main.py on the same 30 networks (the target)",
+    )
+    parser.add_argument("--authors-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--released-loop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=1000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.released_loop:
         released_loop(args.epochs)
         return
+    if args.authors_child:
+        authors_script(args.authors_child)
+        return
+    if args.authors_repo and not (args.authors_repo / "sklearn" / "main.py").exists():
+        parser.error(f"--authors-repo {args.authors_repo}: no sklearn/main.py there")
     print(f"median of {args.repeats}, python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="ntdh-ensemble-") as tmp:
         if "fig3" in args.parts:
