@@ -112,12 +112,14 @@ def released(args: argparse.Namespace, tmp: Path) -> None:
     plain = [sys.executable, __file__, "--released-loop", "--epochs", epochs]
     workers = str(args.released_workers)
     times: dict[str, list[tuple[float, float]]] = {"suite": [], "loop-1": [], "loop-default": []}
-    authors = [sys.executable, __file__, "--authors-child", str(args.authors_repo)]
+    authors = None  # the authors' script has no shorter schedule: not under --quick
+    if args.authors_repo and not args.quick:
+        authors = [sys.executable, __file__, "--authors-child", str(args.authors_repo)]
     for r in range(args.repeats):
         times["suite"].append(sweep(tmp / f"rel-{r}", [*grid, *schedule, "--workers", workers]))
         times["loop-1"].append(run_command(plain))
         times["loop-default"].append(run_command(plain, one_thread=False))
-        if args.authors_repo and not args.quick:  # their script has no shorter schedule
+        if authors:
             times.setdefault("authors", []).append(run_command(authors, one_thread=False))
     sw, sc = median_pair(times["suite"])
     print(f"Released-protocol gap sweep (5 gaps x 2 seeds x 3 networks, {epochs} epochs)")
