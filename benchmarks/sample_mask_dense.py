@@ -151,7 +151,8 @@ def main() -> None:
         "--pmf",
         action="store_true",
         help="Table IV's full PMF streams (ResNet-34, no stem stride): about 35 s a step on one "
-        "core, 9 minutes at the defaults; without it the quick systems' PMF-light",
+        "core, so 5 kinds x (steps + warm-up) take 14 minutes with --steps 3; without it the "
+        "quick systems' PMF-light",
     )
     parser.add_argument("--crop", type=int, nargs=2, default=[256, 1024], help="PMF's crop")
     parser.add_argument("--batch-size", type=int, default=4, help="Table IV's default")
