@@ -8,18 +8,19 @@ cost (a few dozen small kernels) is a large share of it. Here the step is one of
 the real scan (default: ``shared/data`` sequence 07, frame 000964, with its labels and
 calibration) is laid out as a SemanticKITTI sequence of a few frames in a temporary data root,
 each with a random camera image of KITTI's size written as PNG (image content does not change
-the cost), and read by :class:`datamodules.SemanticKittiDataModule` with PMF's training crop
-and Table IV's batch. The student (lidar) and the frozen teacher (camera) are the PMF-light
-streams of Table IV's quick systems (``--pmf``: its full PMF streams, a ResNet-34 each), the
-distiller ``pmf_kl`` (tau 0.7, T = 1), ``lam = 0.5``. Each mask kind trains its own
-``CrossModalKD`` (the same initialisation) with Algorithm 2's weighting at ratio 0.25, T = 1,
-added as :class:`ntdh_bench.callbacks.SampleMask` adds it. A step is the module's training loss
-(student and teacher forward, mask, distiller), backward and the SGD step, timed directly: at a
-second or more a step, Lightning's loop around it is noise. The kinds take turns step by step
-on the same batches, so that the machine's drift and each crop's cost fall on every kind alike;
-the first ``--warmup`` rounds are dropped; each kind reports its median step and the median of
-its ratios to the unmasked step of the same round. Target (issue 14): a masked step within 5%
-of a plain one.
+the cost), and read by :class:`datamodules.SemanticKittiDataModule` with the config's training
+crop and batch (PMF's 256 x 1024, 4). Networks, distiller, loss weight, optimizer and mask
+settings are Table IV's PMF system as ``experiments/configs/semantic_kitti.yaml`` sets them:
+the PMF-light streams of its quick systems (``pmf_kl`` with tau 0; ``--pmf``: its full PMF
+streams, a ResNet-34 each, tau 0.7), ``lam = 0.5``, SGD, the first mask ratio (0.25) at
+T = 1. Each mask kind trains its own ``CrossModalKD`` (the same initialisation) with
+Algorithm 2's weighting, added as :class:`ntdh_bench.callbacks.SampleMask` adds it. A step is
+the module's training loss (student and teacher forward, mask, distiller), backward and the SGD
+step, timed directly: at a second or more a step, Lightning's loop around it is noise. The
+kinds take turns step by step on the same batches, so that the machine's drift and each crop's
+cost fall on every kind alike; the first ``--warmup`` rounds are dropped; each kind reports its
+median step and the median of its ratios to the unmasked step of the same round. Target
+(issue 14): a masked step within 5% of a plain one.
 
     python benchmarks/sample_mask_dense.py [--pmf] [--quick] [--steps 8]
     python benchmarks/sample_mask_dense.py --scan S.bin --labels S.label --calib calib.txt
@@ -33,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -43,6 +45,7 @@ from torch import Tensor
 from datamodules import SemanticKittiDataModule
 from datamodules.semantic_kitti_files import read_scan
 from models import build_model
+from ntdh_bench.config import dataset_config
 from ntdh_bench.distillers import build_distiller
 from ntdh_bench.masking import SampleWeighting
 from ntdh_bench.module import CrossModalKD
@@ -52,14 +55,6 @@ FILE_ARGS = ("scan", "labels", "calib", "yaml")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semantic_kitti"
 SEQ07 = SHARED / "dataset" / "sequences" / "07"
 KITTI_IMAGE = (376, 1241)  # camera 2's image size in sequence 07 (height, width)
-PMF = {"name": "pmf", "backbone": "resnet34", "decoder_width": 16, "stem_stride": 1}
-PMF_LIGHT = {
-    "name": "pmf_light",
-    "backbone": "light",
-    "light_widths": [8, 8, 16, 16],
-    "decoder_width": 8,
-    "stem_stride": 2,
-}
 
 
 def write_root(root: Path, scan: Path, labels: Path, calib: Path, yaml: Path, frames: int) -> Path:
@@ -80,20 +75,40 @@ def write_root(root: Path, scan: Path, labels: Path, calib: Path, yaml: Path, fr
     return root
 
 
-def build_module(kind: str, dm: SemanticKittiDataModule, model: dict) -> CrossModalKD:
+def table4_pmf(full_size: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config (``experiments/configs/semantic_kitti.yaml``) and Table IV's PMF system in
+    it (``model``, ``distiller``): its full networks, or its quick systems' ones."""
+    config = dataset_config("semantic_kitti")
+    quick = config if full_size else dataset_config("semantic_kitti", quick="table4")
+    return config, quick["table4"]["systems"]["pmf"]
+
+
+def build_module(
+    kind: str, dm: SemanticKittiDataModule, config: dict[str, Any], system: dict[str, Any]
+) -> CrossModalKD:
     """Table IV's PMF KD student module (same initialisation for every kind), with Algorithm
     2's weighting added as :class:`ntdh_bench.callbacks.SampleMask` adds it."""
     L.seed_everything(0, verbose=False)
     shape_a, shape_b = dm.input_shapes()
+    model = system["model"]
     args = {k: v for k, v in model.items() if k != "name"}
     teacher = build_model(model["name"], shape_a, dm.num_classes, **args)
     student = build_model(model["name"], shape_b, dm.num_classes, **args)
-    distiller = build_distiller("pmf_kl", task=dm.task, T=1.0, tau=0.7)
+    options = {k: v for k, v in system["distiller"].items() if k != "name"}
+    distiller = build_distiller(system["distiller"]["name"], task=dm.task, **options)
+    train = config["student"]
     module = CrossModalKD(
-        student, teacher, distiller, dm.num_classes, lam=0.5, task=dm.task, optimizer="sgd"
+        student,
+        teacher,
+        distiller,
+        dm.num_classes,
+        lam=train["lam"],
+        task=dm.task,
+        optimizer=train["optimizer"],
     )
     if kind != "none":
-        module.add_distill_weighting(SampleWeighting(kind, 0.25, T=1.0))
+        mask = config["table4"]["sample_mask"]
+        module.add_distill_weighting(SampleWeighting(kind, config["table4"]["ratios"][0], **mask))
     return module
 
 
@@ -117,11 +132,16 @@ def endless(dm: SemanticKittiDataModule) -> Iterator[dict[str, Tensor]]:
 
 
 def time_kinds(
-    kinds: list[str], dm: SemanticKittiDataModule, model: dict, steps: int, warmup: int
+    kinds: list[str],
+    dm: SemanticKittiDataModule,
+    config: dict[str, Any],
+    system: dict[str, Any],
+    steps: int,
+    warmup: int,
 ) -> dict[str, tuple[list[float], list[float]]]:
     """Per kind, the wall and CPU seconds of its timed steps. The kinds take turns step by
     step on the same batches (this machine's speed drifts; a step's cost depends on its crop)."""
-    modules = {kind: build_module(kind, dm, model).train() for kind in kinds}
+    modules = {kind: build_module(kind, dm, config, system).train() for kind in kinds}
     optimizers = {kind: m.configure_optimizers() for kind, m in modules.items()}
     times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
     batches = endless(dm)
@@ -154,8 +174,8 @@ def main() -> None:
         "core, so 5 kinds x (steps + warm-up) take 14 minutes with --steps 3; without it the "
         "quick systems' PMF-light",
     )
-    parser.add_argument("--crop", type=int, nargs=2, default=[256, 1024], help="PMF's crop")
-    parser.add_argument("--batch-size", type=int, default=4, help="Table IV's default")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, help="default: the config's")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per kind")
     parser.add_argument("--warmup", type=int, default=1, help="rounds of steps dropped")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
@@ -177,7 +197,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"points in the scan: {len(read_scan(args.scan))}")
-    model = PMF if args.pmf else PMF_LIGHT
+    config, system = table4_pmf(full_size=args.pmf)
+    model = system["model"]
+    args.crop = args.crop or config["dataset"]["crop_size"]
+    args.batch_size = args.batch_size or config["dataset"]["batch_size"]
     kinds = args.kinds if "none" in args.kinds else ["none", *args.kinds]
     with tempfile.TemporaryDirectory(prefix="ntdh-kitti-") as tmp:
         frames = args.batch_size * 2  # batches are drawn again (new crops) once these are read
@@ -192,7 +215,7 @@ def main() -> None:
         )
         dm.setup("fit")
         points = scored_points(dm)
-        times = time_kinds(kinds, dm, model, args.steps, args.warmup)
+        times = time_kinds(kinds, dm, config, system, args.steps, args.warmup)
     print(
         f"KD step, SemanticKITTI, {model['name']} ({model['backbone']}), crop {args.crop[0]} x "
         f"{args.crop[1]}, batch {args.batch_size} ({points} scored points in the first batch), "
